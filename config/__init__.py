@@ -1,0 +1,1 @@
+"""YAML configuration files shipped with qmixlab (read with importlib.resources)."""
