@@ -1,0 +1,226 @@
+"""Full training steps (sample, forward, loss, backward, optimiser step) of qmixlab's learner
+against a PyMARL-style baseline written here, measured side by side in the same run.
+
+The baseline does what PyMARL's QLearner does: float32 storage of every field (one-hot actions
+included), a GRUCell looped over time in Python with inputs concatenated at every step, the
+target network run step by step with autograd bookkeeping, no trimming to the longest episode,
+and the mask multiplied into the TD error.
+
+    python benchmarks/learner.py [--repeats 7]
+
+Last line: ``learner_speedup_3m=<x> learner_speedup_27m=<x>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from qmixlab.components.episode_batch import EpisodeBatch
+from qmixlab.components.replay_buffer import ReplayBuffer, StorageOptions
+from qmixlab.controllers.agent_controller import AgentController
+from qmixlab.learners.q_learner import LearnerOptions, QLearner
+from qmixlab.modules.agents import RNNAgent
+from qmixlab.modules.mixers import build_mixer
+from qmixlab.runners.batch_runner import episode_scheme
+
+SIZES = {
+    # name: (n_agents, obs, state, n_actions, episode_limit)
+    "3m": (3, 30, 48, 9, 60),
+    "27m": (27, 285, 1170, 36, 180),
+}
+BATCH, BUFFER_EPISODES = 32, 64
+
+
+def synthetic_episodes(n_agents, obs_dim, state_dim, n_actions, limit, n_episodes, seed=0):
+    """Episodes shaped like SMAC's, lengths spread between a third of the limit and the limit."""
+    rng = np.random.default_rng(seed)
+    info = {"n_agents": n_agents, "obs_shape": obs_dim, "state_shape": state_dim,
+            "n_actions": n_actions, "episode_limit": limit}
+    scheme, groups, preprocess = episode_scheme(info)
+    batch = EpisodeBatch(scheme, groups, n_episodes, limit + 1, preprocess=preprocess)
+    block = n_agents * n_actions
+    for b in range(n_episodes):
+        length = int(rng.integers(limit // 3, limit + 1))
+        rows = length + 1
+        avail = rng.random((rows, n_agents, n_actions)) < 0.7
+        avail[..., 0] = False
+        avail[..., 1] = True
+        actions = np.array([[rng.choice(np.flatnonzero(a)) for a in row] for row in avail])
+        state = rng.normal(size=(rows, state_dim)).astype(np.float32)
+        previous = np.zeros((rows, n_agents, n_actions), np.float32)
+        previous[1:][np.arange(rows - 1)[:, None], np.arange(n_agents)[None], actions[:-1]] = 1.0
+        state[:, -block:] = previous.reshape(rows, block)  # SMAC's last-action block
+        batch.update({
+            "obs": rng.normal(size=(rows, n_agents, obs_dim)).astype(np.float32),
+            "state": state,
+            "avail_actions": avail,
+            "actions": actions[..., None],
+        }, bs=b, ts=slice(0, rows))
+        terminal = length < limit
+        flags = np.zeros((length, 1), bool)
+        flags[-1] = True
+        batch.update({
+            "reward": rng.normal(size=(length, 1)).astype(np.float32),
+            "terminated": flags if terminal else np.zeros_like(flags),
+            "timeout": np.zeros_like(flags) if terminal else flags,
+        }, bs=b, ts=slice(0, length))
+    return batch
+
+
+# --------------------------------------------------------------------------- PyMARL-style baseline
+class BaselineAgent(nn.Module):
+    def __init__(self, input_dim, hidden, n_actions):
+        super().__init__()
+        self.fc1 = nn.Linear(input_dim, hidden)
+        self.rnn = nn.GRUCell(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, n_actions)
+
+    def forward(self, inputs, hidden):
+        x = F.relu(self.fc1(inputs))
+        h = self.rnn(x, hidden)
+        return self.fc2(h), h
+
+
+class BaselineQMixer(nn.Module):
+    def __init__(self, n_agents, state_dim, embed=32, hyper=64):
+        super().__init__()
+        self.n_agents, self.state_dim, self.embed = n_agents, state_dim, embed
+        self.hyper_w_1 = nn.Sequential(nn.Linear(state_dim, hyper), nn.ReLU(), nn.Linear(hyper, embed * n_agents))
+        self.hyper_w_final = nn.Sequential(nn.Linear(state_dim, hyper), nn.ReLU(), nn.Linear(hyper, embed))
+        self.hyper_b_1 = nn.Linear(state_dim, embed)
+        self.V = nn.Sequential(nn.Linear(state_dim, embed), nn.ReLU(), nn.Linear(embed, 1))
+
+    def forward(self, agent_qs, states):
+        bs = agent_qs.size(0)
+        states = states.reshape(-1, self.state_dim)
+        agent_qs = agent_qs.view(-1, 1, self.n_agents)
+        w1 = torch.abs(self.hyper_w_1(states)).view(-1, self.n_agents, self.embed)
+        b1 = self.hyper_b_1(states).view(-1, 1, self.embed)
+        hidden = F.elu(torch.bmm(agent_qs, w1) + b1)
+        w_final = torch.abs(self.hyper_w_final(states)).view(-1, self.embed, 1)
+        v = self.V(states).view(-1, 1, 1)
+        return (torch.bmm(hidden, w_final) + v).view(bs, -1, 1)
+
+
+class BaselineLearner:
+    """Float32 storage, per-step GRUCell loop, no trimming, mask multiplied in."""
+
+    def __init__(self, episodes: EpisodeBatch, n_agents, n_actions, state_dim, obs_dim, hidden=64, seed=0):
+        torch.manual_seed(seed)
+        self.n_agents, self.n_actions = n_agents, n_actions
+        self.storage = {k: episodes[k].float().clone() for k in episodes.scheme}
+        self.storage["actions_onehot"] = episodes["actions_onehot"].float().clone()
+        self.storage["filled"] = episodes["filled"].float().clone()
+        self.agent = BaselineAgent(obs_dim + n_actions + n_agents, hidden, n_actions)
+        self.mixer = BaselineQMixer(n_agents, state_dim)
+        self.target_agent, self.target_mixer = copy.deepcopy(self.agent), copy.deepcopy(self.mixer)
+        self.params = list(self.agent.parameters()) + list(self.mixer.parameters())
+        self.optimiser = torch.optim.RMSprop(self.params, lr=5e-4, alpha=0.99, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, n):
+        idx = torch.randperm(next(iter(self.storage.values())).shape[0], generator=self.generator)[:n]
+        return {k: v[idx] for k, v in self.storage.items()}
+
+    def _inputs(self, batch, t):
+        bs = batch["obs"].shape[0]
+        parts = [batch["obs"][:, t]]
+        parts.append(torch.zeros_like(batch["actions_onehot"][:, t]) if t == 0 else batch["actions_onehot"][:, t - 1])
+        parts.append(torch.eye(self.n_agents).unsqueeze(0).expand(bs, -1, -1))
+        return torch.cat([p.reshape(bs * self.n_agents, -1) for p in parts], dim=1)
+
+    def _unroll(self, agent, batch):
+        bs, T = batch["obs"].shape[:2]
+        hidden = torch.zeros(bs * self.n_agents, self.agent.rnn.hidden_size)
+        outs = []
+        for t in range(T):
+            q, hidden = agent(self._inputs(batch, t), hidden)
+            outs.append(q.view(bs, self.n_agents, -1))
+        return torch.stack(outs, dim=1)
+
+    def train_step(self, batch_size):
+        batch = self.sample(batch_size)
+        rewards = batch["reward"][:, :-1]
+        actions = batch["actions"][:, :-1].long()
+        terminated = torch.maximum(batch["terminated"], batch["timeout"])[:, :-1]
+        mask = batch["filled"][:, :-1].clone()
+        mask[:, 1:] = mask[:, 1:] * (1 - terminated[:, :-1])
+        avail = batch["avail_actions"]
+        mac_out = self._unroll(self.agent, batch)
+        chosen = torch.gather(mac_out[:, :-1], dim=3, index=actions).squeeze(3)
+        target_out = self._unroll(self.target_agent, batch)[:, 1:]
+        target_out[avail[:, 1:] == 0] = -9999999
+        mac_detach = mac_out.clone().detach()
+        mac_detach[avail == 0] = -9999999
+        greedy = mac_detach[:, 1:].max(dim=3, keepdim=True)[1]
+        target_max = torch.gather(target_out, 3, greedy).squeeze(3)
+        chosen = self.mixer(chosen, batch["state"][:, :-1])
+        target_max = self.target_mixer(target_max, batch["state"][:, 1:])
+        targets = rewards + 0.99 * (1 - terminated) * target_max
+        td = (chosen - targets.detach()) * mask
+        loss = (td ** 2).sum() / mask.sum()
+        self.optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 10.0)
+        self.optimiser.step()
+        return loss.item()
+
+
+# --------------------------------------------------------------------------- qmixlab
+class QmixlabStep:
+    def __init__(self, episodes: EpisodeBatch, n_agents, n_actions, state_dim, obs_dim, seed=0):
+        torch.manual_seed(seed)
+        self.buffer = ReplayBuffer(episodes.scheme, episodes.groups, BUFFER_EPISODES, episodes.max_seq_length,
+                                   preprocess=episodes.preprocess,
+                                   storage=StorageOptions(derive_state_last_action=True), seed=seed)
+        self.buffer.insert_episode_batch(episodes)
+        agent = RNNAgent(obs_dim, n_actions, n_agents, hidden_dim=64)
+        mixer = build_mixer("qmix", n_agents, state_dim, mixing_embed_dim=32, hypernet_layers=2, hypernet_embed=64)
+        self.learner = QLearner(AgentController(agent, None), mixer, n_agents, LearnerOptions())
+
+    def train_step(self, batch_size):
+        return self.learner.train(self.buffer.sample(batch_size))["loss"]
+
+
+def time_steps(learner, repeats):
+    learner.train_step(BATCH)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        learner.train_step(BATCH)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH} episodes")
+    print(f"{'scheme':8s} {'baseline ms':>12s} {'qmixlab ms':>11s} {'speedup':>8s}")
+    speedups = {}
+    for name, (n_agents, obs, state, n_actions, limit) in SIZES.items():
+        episodes = synthetic_episodes(n_agents, obs, state, n_actions, limit, BUFFER_EPISODES)
+        baseline = BaselineLearner(episodes, n_agents, n_actions, state, obs)
+        ours = QmixlabStep(episodes, n_agents, n_actions, state, obs)
+        # Interleave the two measurements so that machine noise hits both alike.
+        base_times, our_times = [], []
+        for _ in range(max(1, args.repeats // 2)):
+            base_times.append(time_steps(baseline, 2))
+            our_times.append(time_steps(ours, 2))
+        base, mine = statistics.median(base_times), statistics.median(our_times)
+        speedups[name] = base / mine
+        print(f"{name:8s} {base * 1e3:12.1f} {mine * 1e3:11.1f} {speedups[name]:7.2f}x")
+    print(f"learner_speedup_3m={speedups['3m']:.2f} learner_speedup_27m={speedups['27m']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

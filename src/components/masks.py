@@ -1,0 +1,243 @@
+"""Every masking decision of the TD loss, in one module.
+
+The learner asks this module four questions and nothing else decides them:
+
+* which transitions enter the loss (``build_step_mask``, plus ``build_agent_mask`` for
+  per-agent losses),
+* which transitions end an episode and which of those cut the bootstrap (``episode_end_flags``),
+* which rows the networks must see at all (``rows_needed_by_networks``), so that padding and
+  post-terminal rows can never leak NaN into the loss or the gradients,
+* how masked values are reduced to one number (``masked_td_loss``, ``masked_mean``).
+
+Each axis of ``../shared/specs/masking.md`` is one field of ``MaskOptions``; the defaults
+reproduce PyMARL's QMIX except that time-outs bootstrap. Tensors are laid out
+``[batch, time, ...]``; the step mask covers transitions ``t = 0 .. T-2`` of a batch of ``T`` rows
+(the last row only serves as a bootstrap state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional, Union
+
+import torch
+
+PYMARL_UNAVAILABLE_FILL = -9999999.0
+
+NORMALISATIONS = ("valid_steps", "valid_agent_steps", "episodes", "all_rows")
+TIMEOUT_MODES = ("bootstrap", "terminal")
+DEAD_AGENT_MODES = ("none", "zero_utilities", "agent_loss_mask")
+INVALID_STEP_MODES = ("mask", "ignore")
+MASKED_ROW_MODES = ("keep", "drop")
+NAMED_FILL_VALUES = ("pymarl", "finfo_min", "-inf")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"masks.{name}={value!r} is not one of {list(allowed)}")
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """One field per masking axis (numbers refer to the axes of masking.md).
+
+    post_terminal_shift (1): mask the filled row right after an episode's last transition
+        (PyMARL's ``mask[:, 1:] *= 1 - terminated[:, :-1]``); False trains on ``filled`` alone.
+    mask_padding (2): mask rows that were never written; False treats every row as valid.
+    normalisation (3): the loss denominator: ``valid_steps`` (PyMARL with a mixer),
+        ``valid_agent_steps`` (PyMARL's IQL, which expands the mask over agents),
+        ``episodes`` (each episode's mean over its valid steps, averaged over episodes), or
+        ``all_rows`` (a plain mean over every element including masked ones: a known bias).
+    timeout (4): ``bootstrap`` (a time limit is not a terminal state) or ``terminal``
+        (what PyMARL-family runs on SMAC do). Either way the row after a time-out is masked.
+    target_avail_mask (5): restrict the target max and the double-Q argmax to available
+        actions. avail_fill_value: what unavailable actions are set to: ``pymarl``
+        (-9999999), ``finfo_min``, ``-inf`` or a number.
+    dead_agents (6): ``none`` (standard QMIX), ``zero_utilities`` (dead agents' chosen and
+        target utilities are zero before mixing) or ``agent_loss_mask`` (per-agent losses only:
+        dead agent-steps leave the loss). An agent is dead when no-op is its only action (SMAC).
+    invalid_steps (7): ``mask``: environment-flagged invalid steps get zero reward and leave
+        every loss term; ``ignore``: the flag is disregarded.
+    masked_rows (8): ``keep`` masked rows and zero them at reduction, or ``drop`` them before
+        the reduction; both give the same loss and gradients.
+    trim_to_longest (9): cut the batch to its longest filled episode before any forward pass.
+    """
+
+    post_terminal_shift: bool = True
+    mask_padding: bool = True
+    normalisation: str = "valid_steps"
+    timeout: str = "bootstrap"
+    target_avail_mask: bool = True
+    avail_fill_value: Union[str, float] = "pymarl"
+    dead_agents: str = "none"
+    invalid_steps: str = "mask"
+    masked_rows: str = "keep"
+    trim_to_longest: bool = True
+
+    def __post_init__(self):
+        for name in ("post_terminal_shift", "mask_padding", "target_avail_mask", "trim_to_longest"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"masks.{name} must be a bool, got {getattr(self, name)!r}")
+        _check_choice("normalisation", self.normalisation, NORMALISATIONS)
+        _check_choice("timeout", self.timeout, TIMEOUT_MODES)
+        _check_choice("dead_agents", self.dead_agents, DEAD_AGENT_MODES)
+        _check_choice("invalid_steps", self.invalid_steps, INVALID_STEP_MODES)
+        _check_choice("masked_rows", self.masked_rows, MASKED_ROW_MODES)
+        fill = self.avail_fill_value
+        if isinstance(fill, str):
+            _check_choice("avail_fill_value", fill, NAMED_FILL_VALUES)
+        elif isinstance(fill, bool) or not isinstance(fill, (int, float)):
+            raise TypeError(
+                f"masks.avail_fill_value must be a number or one of {list(NAMED_FILL_VALUES)}, "
+                f"got {fill!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Optional[dict]) -> "MaskOptions":
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"unknown mask option(s) {unknown}; known options: {sorted(known)}")
+        return cls(**values)
+
+    def fill_value(self, dtype: torch.dtype) -> float:
+        fill = self.avail_fill_value
+        if fill == "pymarl":
+            return PYMARL_UNAVAILABLE_FILL
+        if fill == "finfo_min":
+            return torch.finfo(dtype).min
+        if fill == "-inf":
+            return float("-inf")
+        return float(fill)
+
+
+def episode_end_flags(terminated: torch.Tensor, timeout: Optional[torch.Tensor], options: MaskOptions):
+    """Return ``(cuts_bootstrap, ends_episode)`` as bool tensors shaped like ``terminated``.
+
+    ``ends_episode`` drives the post-terminal shift: a time-out ends the stored episode even when
+    it bootstraps, so the row after it is masked too (the standard mask alone would leave it
+    unmasked whenever truncation happens before the buffer's last row).
+    """
+    terminated = terminated.bool()
+    timeout = torch.zeros_like(terminated) if timeout is None else timeout.bool()
+    ends_episode = terminated | timeout
+    cuts_bootstrap = ends_episode if options.timeout == "terminal" else terminated
+    return cuts_bootstrap, ends_episode
+
+
+def build_step_mask(
+    filled: torch.Tensor,
+    ends_episode: torch.Tensor,
+    invalid: Optional[torch.Tensor],
+    options: MaskOptions,
+) -> torch.Tensor:
+    """Bool mask ``[B, T-1, 1]`` of the transitions that enter the loss.
+
+    Standard: ``mask = filled[:, :-1]; mask[:, 1:] &= ~ends_episode[:, :-2]``.
+    """
+    filled = filled.bool()
+    mask = filled[:, :-1].clone() if options.mask_padding else torch.ones_like(filled[:, :-1])
+    if options.post_terminal_shift:
+        mask[:, 1:] &= ~ends_episode[:, :-2].bool()
+    if invalid is not None and options.invalid_steps == "mask":
+        mask &= ~invalid[:, :-1].bool()
+    return mask
+
+
+def dead_agents(avail_actions: torch.Tensor) -> torch.Tensor:
+    """Bool ``[..., n_agents]``: SMAC gives a dead agent no-op (action 0) as its only action."""
+    avail = avail_actions.bool()
+    return avail[..., 0] & ~avail[..., 1:].any(dim=-1)
+
+
+def build_agent_mask(step_mask: torch.Tensor, avail_actions: torch.Tensor, options: MaskOptions):
+    """Element mask for a per-agent loss ``[B, T-1, n_agents]`` (dead agent-steps removed when
+    ``dead_agents='agent_loss_mask'``)."""
+    n_agents = avail_actions.shape[2]
+    mask = step_mask.expand(-1, -1, n_agents)
+    if options.dead_agents == "agent_loss_mask":
+        mask = mask & ~dead_agents(avail_actions[:, :-1])
+    return mask
+
+
+def rows_needed_by_networks(
+    step_mask: torch.Tensor, cuts_bootstrap: torch.Tensor, total_rows: int
+) -> torch.Tensor:
+    """Bool ``[B, T, 1]``: rows whose inputs the networks must see.
+
+    A row is needed when its transition is in the loss, when it is the bootstrap state of a
+    transition in the loss that does not cut the bootstrap, or when a later row of the same
+    episode is needed (the recurrent state runs through it). Every other row's inputs are
+    replaced by zeros, so a NaN stored in padding or after a terminal state reaches neither
+    the loss nor the gradients (``0 * NaN`` in a backward pass would).
+    """
+    batch = step_mask.shape[0]
+    direct = torch.zeros(batch, total_rows, 1, dtype=torch.bool, device=step_mask.device)
+    direct[:, :-1] |= step_mask
+    direct[:, 1:] |= step_mask & ~cuts_bootstrap[:, :-1].bool()
+    # Reverse cumulative "any": a row is needed if any row at or after it is.
+    return direct.flip(1).cummax(dim=1).values.flip(1)
+
+
+def _select(values: torch.Tensor, mask: torch.Tensor, masked_rows: str) -> torch.Tensor:
+    """Masked entries selected away *before* any arithmetic, so NaN there has no gradient path."""
+    mask = mask.expand_as(values)
+    if masked_rows == "drop":
+        return values[mask]
+    return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def masked_td_loss(
+    td_error: torch.Tensor,
+    element_mask: torch.Tensor,
+    step_mask: torch.Tensor,
+    options: MaskOptions,
+    n_agents: int,
+) -> torch.Tensor:
+    """Mean squared TD error under ``options.normalisation``.
+
+    td_error: ``[B, T, K]`` with K = 1 (mixed) or K = n_agents (per-agent loss).
+    element_mask: bool, broadcastable to td_error. step_mask: bool ``[B, T, 1]``.
+    ``sum(mask) == 0`` gives an exact, finite zero with a gradient graph.
+    """
+    squared = _select(td_error, element_mask, options.masked_rows) ** 2
+    total = squared.sum()
+    elements = element_mask.expand_as(td_error)
+    if options.normalisation == "valid_steps":
+        count = step_mask.sum()
+    elif options.normalisation == "valid_agent_steps":
+        # With a mixer the loss is per step: each valid step counts for its n_agents agent-steps.
+        count = elements.sum() * (n_agents // td_error.shape[-1])
+    elif options.normalisation == "all_rows":
+        count = torch.tensor(td_error.numel(), device=td_error.device)
+    else:  # episodes
+        if options.masked_rows == "drop":
+            episode_of = torch.arange(td_error.shape[0], device=td_error.device).view(-1, 1, 1)
+            episode_of = episode_of.expand_as(td_error)[elements]
+            per_episode = torch.zeros(td_error.shape[0], dtype=squared.dtype, device=squared.device)
+            per_episode = per_episode.index_add(0, episode_of, squared)
+        else:
+            per_episode = squared.sum(dim=(1, 2))
+        steps = step_mask.sum(dim=(1, 2))
+        has_steps = steps > 0
+        episode_means = per_episode / steps.clamp(min=1)
+        return episode_means.sum() / has_steps.sum().clamp(min=1)
+    return total / count.clamp(min=1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the entries where ``mask`` (broadcastable) is True; 0 if none."""
+    mask = mask.expand_as(values)
+    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
+    return total / mask.sum().clamp(min=1)
+
+
+def standardise_over_valid(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Standardise with mean and std taken over valid rows only; invalid rows become 0."""
+    mask = mask.expand_as(values)
+    count = mask.sum().clamp(min=1)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    mean = torch.where(mask, values, zero).sum() / count
+    var = torch.where(mask, (values - mean) ** 2, zero).sum() / count
+    return torch.where(mask, (values - mean) / (var.sqrt() + eps), zero)

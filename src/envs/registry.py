@@ -1,0 +1,225 @@
+"""Environment backends chosen by a config string.
+
+``name`` is one of the registered backends (``"smacsim"``, the embedded simulator and the
+default; ``"sc2"``, real SMAC through ``SC2Env``; anything added with ``register_env``), or a
+user environment given as ``"package.module:ClassName"`` so that a researcher can plug in an
+environment without editing qmixlab (the module must be importable, i.e. on ``sys.path``).
+
+A user class may implement either contract: a ``MultiAgentEnv`` (SMAC's per-env API) is
+wrapped ``n_envs`` times in ``VectorisedEnvs`` by ``make_batched_env``; a
+``BatchedMultiAgentEnv`` subclass is constructed directly as
+``cls(n_envs=..., seed=..., **env_args)``.
+
+Backends are imported lazily inside their factories: importing ``qmixlab.envs`` never imports
+the simulator or ``smac``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from .multiagentenv import BatchedMultiAgentEnv, MultiAgentEnv
+from .vectorised import VectorisedEnvs, derive_env_seeds, missing_batched_methods, missing_env_methods
+
+DEFAULT_ENV = "smacsim"
+
+EnvFactory = Callable[..., MultiAgentEnv]
+BatchedEnvFactory = Callable[..., BatchedMultiAgentEnv]
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """A registered backend: a per-env factory, and optionally a native batched one
+    (called as ``batched_factory(n_envs=..., seed=..., **env_args)``)."""
+
+    factory: EnvFactory
+    batched_factory: Optional[BatchedEnvFactory] = None
+
+
+def _make_smacsim(**env_args) -> MultiAgentEnv:
+    from .smacsim.env import SMACSim
+
+    return SMACSim(**env_args)
+
+
+def _make_batched_smacsim(n_envs: int, seed: Optional[int] = None, **env_args) -> BatchedMultiAgentEnv:
+    from .smacsim.env import BatchedSMACSim
+
+    return BatchedSMACSim(n_envs=n_envs, seed=seed, **env_args)
+
+
+def _make_sc2(**env_args) -> MultiAgentEnv:
+    from .sc2 import SC2Env
+
+    return SC2Env(**env_args)
+
+
+_REGISTRY: Dict[str, EnvEntry] = {
+    "smacsim": EnvEntry(_make_smacsim, _make_batched_smacsim),
+    "sc2": EnvEntry(_make_sc2),
+}
+
+
+def register_env(
+    name: str,
+    factory: EnvFactory,
+    batched_factory: Optional[BatchedEnvFactory] = None,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Register a backend under ``name`` (no ``:``, which marks a ``module:Class`` path)."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(
+            f"environment name must be a non-empty string without ':' (reserved for "
+            f"'package.module:ClassName' paths), got {name!r}"
+        )
+    if not callable(factory):
+        raise TypeError(f"factory for environment {name!r} must be callable, got {factory!r}")
+    if batched_factory is not None and not callable(batched_factory):
+        raise TypeError(f"batched_factory for environment {name!r} must be callable, got {batched_factory!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"environment {name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[name] = EnvEntry(factory, batched_factory)
+
+
+def known_envs() -> List[str]:
+    """Registered backend names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def make_env(name: str, **env_args) -> MultiAgentEnv:
+    """One environment with SMAC's per-env API."""
+    if _is_path(name):
+        target = _import_target(name)
+        if isinstance(target, type) and issubclass(target, BatchedMultiAgentEnv):
+            raise TypeError(
+                f"{name!r} is a BatchedMultiAgentEnv; create it with make_batched_env, not make_env"
+            )
+        _check_env_class(name, target)
+        env = target(**env_args)
+        if not isinstance(target, type):  # a factory function: check what it built
+            _check_env_class(name, type(env))
+        return env
+    return _lookup(name).factory(**env_args)
+
+
+def make_batched_env(name: str, n_envs: int, seed: Optional[int] = None, **env_args) -> BatchedMultiAgentEnv:
+    """``n_envs`` environments stepped together with arrays.
+
+    A backend with a native batched form gets ``n_envs`` and ``seed`` directly. Otherwise
+    ``n_envs`` per-env instances are built and wrapped in ``VectorisedEnvs``; instance ``i``
+    gets ``seed=derive_env_seeds(seed, n_envs)[i]`` if ``seed`` is not None and the factory
+    accepts a ``seed`` keyword (with a warning if it does not).
+    """
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        raise ValueError(f"n_envs must be a positive int, got {n_envs!r}")
+    if _is_path(name):
+        target = _import_target(name)
+        if isinstance(target, type) and issubclass(target, BatchedMultiAgentEnv):
+            missing = missing_batched_methods(target)
+            if missing:
+                raise TypeError(
+                    f"{name!r} ({target.__qualname__}) does not implement the batched env API: "
+                    f"missing {', '.join(missing)}"
+                )
+            return target(n_envs=n_envs, seed=seed, **env_args)
+        _check_env_class(name, target)
+        factory: EnvFactory = target
+    else:
+        entry = _lookup(name)
+        if entry.batched_factory is not None:
+            return entry.batched_factory(n_envs=n_envs, seed=seed, **env_args)
+        factory = entry.factory
+
+    seeds = derive_env_seeds(seed, n_envs)
+    pass_seed = seed is not None and _accepts_keyword(factory, "seed")
+    if seed is not None and not pass_seed:
+        warnings.warn(
+            f"environment {name!r} takes no 'seed' keyword; its {n_envs} instances are not seeded "
+            f"by make_batched_env(seed={seed})",
+            stacklevel=2,
+        )
+    envs: List[MultiAgentEnv] = []
+    try:
+        for env_seed in seeds:
+            env = factory(seed=env_seed, **env_args) if pass_seed else factory(**env_args)
+            envs.append(env)
+        return VectorisedEnvs(envs)
+    except BaseException:
+        for env in envs:
+            close = getattr(env, "close", None)
+            if close is not None:
+                close()
+        raise
+
+
+def _is_path(name) -> bool:
+    return isinstance(name, str) and ":" in name
+
+
+def _lookup(name: str) -> EnvEntry:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    known = known_envs()
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"unknown environment {name!r}.{hint} Known: {', '.join(known)}. A user environment is "
+        "given as 'package.module:ClassName'."
+    )
+
+
+def _import_target(path: str):
+    module_name, _, attr_path = path.partition(":")
+    if not module_name or not attr_path or ":" in attr_path:
+        raise ValueError(f"environment path {path!r} must look like 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(
+            f"cannot import module {module_name!r} for environment {path!r}: {err}. Is the module "
+            "installed or on sys.path (PYTHONPATH)?"
+        ) from err
+    target = module
+    walked = module_name
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            candidates = [n for n in dir(target) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, candidates, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise AttributeError(
+                f"{walked!r} has no attribute {part!r} (from environment {path!r}){hint}"
+            )
+        target = getattr(target, part)
+        walked = f"{walked}.{part}"
+    if not callable(target):
+        raise TypeError(f"environment {path!r} names {type(target).__name__} object, not a class or factory")
+    return target
+
+
+def _check_env_class(name: str, target) -> None:
+    if not isinstance(target, type):
+        return  # a factory function: checked on the instance it returns
+    missing = missing_env_methods(target)
+    if missing:
+        raise TypeError(
+            f"{name!r} ({target.__qualname__}) does not implement the SMAC env API "
+            f"(qmixlab.envs.MultiAgentEnv): missing {', '.join(missing)}"
+        )
+
+
+def _accepts_keyword(factory, keyword: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: let the call decide
+        return True
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == keyword and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+        for p in params
+    )

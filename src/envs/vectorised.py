@@ -1,0 +1,422 @@
+"""``VectorisedEnvs``: ``n_envs`` per-environment (SMAC API) envs seen as one batched env.
+
+Backends without a native batched form (real SMAC through ``SC2Env``, user classes) are wrapped
+here. The environments are stepped one after another in this process; the wrapper's job is to
+turn SMAC's per-env lists and ``(reward, terminated, info)`` tuples into the arrays of
+``BatchedMultiAgentEnv``, and to check actions before any environment sees them.
+
+How an episode end is classified (the timeout rule)
+---------------------------------------------------
+The batched contract separates ``terminated`` (a true terminal state: win, loss or draw) from
+``timeout`` (the time limit cut the episode). A SMAC-API env reports both as
+``terminated=True``, and real SMAC marks a timeout with ``info["episode_limit"]=True`` only when
+``continuing_episode=True``. For environment ``i`` at its ``t``-th step since its last reset,
+the first rule that applies decides:
+
+1. ``info["episode_limit"]`` is true: timeout (``terminated=False``).
+2. ``terminated`` and the env's ``get_stats()`` has a ``restarts`` counter that grew during this
+   step: the game crashed and was relaunched (real SMAC then returns ``(0, True, {})``). The
+   episode is over (``terminated=True``) and the step is flagged ``extra["invalid"]``: it is not
+   a real transition and every loss term must mask it.
+3. ``terminated`` and ``get_stats()`` has a ``timeouts`` counter: timeout if and only if the
+   counter grew during this step. Real SMAC counts every timeout whatever ``continuing_episode``
+   is, so for SMAC (and for any env keeping that counter) the split is exact.
+4. ``terminated`` without such counters: timeout if and only if ``t >= episode_limit``, and
+   ``info["battle_won"]`` is false, and ``info["dead_allies"] < n_agents`` (missing keys read
+   as False / 0). Such an env cannot tell us more: a loss that leaves allies alive (on MMM maps,
+   "only medivacs left") or any other non-battle terminal state reached on exactly the last
+   step is counted as a timeout.
+5. Not ``terminated`` but ``t >= episode_limit``: the wrapper ends the episode as a timeout,
+   so that no episode is longer than the ``episode_limit`` the buffers are sized by.
+
+Counters are read with ``get_stats()`` after each reset and on each step that ends an episode.
+Real SMAC's ``get_stats()`` divides by the number of finished battles and raises
+``ZeroDivisionError`` before the first one; the wrapper then treats the counters as unknown
+(rule 4 applies to that first episode). ``SC2Env`` guards against this, so through the adapter
+real SMAC always gets rules 2-3.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .multiagentenv import BatchedMultiAgentEnv, BatchedStep, MultiAgentEnv
+
+# Methods a per-env backend must provide, and those MultiAgentEnv's default get_env_info calls.
+REQUIRED_ENV_METHODS = ("reset", "step", "get_obs", "get_state", "get_avail_actions", "get_env_info")
+ENV_INFO_METHODS = ("get_obs_size", "get_state_size", "get_total_actions")
+REQUIRED_BATCHED_METHODS = ("reset", "step", "get_obs", "get_state", "get_avail_actions", "get_env_info")
+ENV_INFO_KEYS = ("state_shape", "obs_shape", "n_actions", "n_agents", "episode_limit")
+
+# Per-env info flags copied into BatchedStep.extra (info key -> extra key).
+DEFAULT_INFO_FLAGS: Mapping[str, str] = {"invalid_step": "invalid"}
+
+_COUNTER_KEYS = ("timeouts", "restarts")
+
+
+def _raises_not_implemented(base: type, name: str) -> bool:
+    code = getattr(base.__dict__.get(name), "__code__", None)
+    return code is not None and "NotImplementedError" in code.co_names
+
+
+def _implements(cls: type, name: str, base: type) -> bool:
+    """True if ``cls`` has a callable ``name`` other than the base contract's stub."""
+    attr = getattr(cls, name, None)
+    if not callable(attr):
+        return False
+    return not (attr is base.__dict__.get(name) and _raises_not_implemented(base, name))
+
+
+def missing_env_methods(cls: type) -> List[str]:
+    """Names of the SMAC-API methods ``cls`` does not implement (empty if it is complete)."""
+    missing = [name for name in REQUIRED_ENV_METHODS if not _implements(cls, name, MultiAgentEnv)]
+    if getattr(cls, "get_env_info", None) is MultiAgentEnv.__dict__["get_env_info"]:
+        # MultiAgentEnv's default get_env_info is built from these three.
+        missing += [name for name in ENV_INFO_METHODS if not _implements(cls, name, MultiAgentEnv)]
+    return missing
+
+
+def missing_batched_methods(cls: type) -> List[str]:
+    """Names of the ``BatchedMultiAgentEnv`` methods ``cls`` does not implement."""
+    return [n for n in REQUIRED_BATCHED_METHODS if not _implements(cls, n, BatchedMultiAgentEnv)]
+
+
+def derive_env_seeds(seed: Optional[int], n_envs: int) -> List[Optional[int]]:
+    """Distinct, reproducible per-env seeds (31-bit, as SC2 takes an int32) from one seed."""
+    if seed is None:
+        return [None] * n_envs
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    states = np.random.SeedSequence(int(seed)).generate_state(n_envs, dtype=np.uint32)
+    return [int(s) & 0x7FFFFFFF for s in states]
+
+
+def _read_counters(env) -> Optional[Dict[str, int]]:
+    """The env's timeouts/restarts counters, or None when its get_stats() cannot say."""
+    get_stats = getattr(env, "get_stats", None)
+    if get_stats is None:
+        return None
+    try:
+        stats = get_stats()
+    except ZeroDivisionError:  # real SMAC's win_rate before the first finished battle
+        return None
+    if not isinstance(stats, Mapping):
+        return None
+    return {
+        key: int(stats[key])
+        for key in _COUNTER_KEYS
+        if isinstance(stats.get(key), numbers.Integral) and not isinstance(stats.get(key), bool)
+    }
+
+
+def _counter_grew(before: Optional[Dict[str, int]], after: Optional[Dict[str, int]], key: str):
+    """True/False if both readings have ``key``, else None (unknown)."""
+    if before is None or after is None or key not in before or key not in after:
+        return None
+    return after[key] > before[key]
+
+
+def aggregate_stats(all_stats: Sequence[Mapping]) -> dict:
+    """Combine per-env ``get_stats()`` dicts.
+
+    Integer counts are summed, other real numbers are averaged over the envs that report them,
+    anything else is returned as the list of per-env values. ``win_rate`` is recomputed from the
+    summed ``battles_won`` / ``battles_game`` when both exist (0.0 before any battle).
+    """
+    keys: List[str] = []
+    for stats in all_stats:
+        keys += [k for k in stats if k not in keys]
+    merged: dict = {}
+    for key in keys:
+        values = [stats[key] for stats in all_stats if key in stats]
+        if all(isinstance(v, numbers.Integral) for v in values):
+            merged[key] = int(sum(values))
+        elif all(isinstance(v, numbers.Real) for v in values):
+            merged[key] = float(np.mean(values))
+        else:
+            merged[key] = values
+    if "battles_won" in merged and "battles_game" in merged:
+        games = merged["battles_game"]
+        merged["win_rate"] = merged["battles_won"] / games if games else 0.0
+    return merged
+
+
+class VectorisedEnvs(BatchedMultiAgentEnv):
+    """``n_envs`` SMAC-API environments behind the ``BatchedMultiAgentEnv`` array contract.
+
+    ``info_flags`` maps per-env info keys to ``BatchedStep.extra`` keys; each listed flag is
+    always present in ``extra`` as a bool ``[n_envs]`` array (default: ``invalid_step`` ->
+    ``invalid``). See the module docstring for the terminated/timeout rule.
+    """
+
+    def __init__(self, envs: Sequence[MultiAgentEnv], info_flags: Mapping[str, str] = DEFAULT_INFO_FLAGS):
+        envs = list(envs)
+        if not envs:
+            raise ValueError("VectorisedEnvs needs at least one environment, got an empty sequence")
+        for i, env in enumerate(envs):
+            missing = missing_env_methods(type(env))
+            if missing:
+                raise TypeError(
+                    f"environment {i} ({type(env).__qualname__}) does not implement the SMAC API: "
+                    f"missing {', '.join(missing)}"
+                )
+        infos = [env.get_env_info() for env in envs]
+        for i, info in enumerate(infos):
+            missing_keys = [k for k in ENV_INFO_KEYS if k not in info]
+            if missing_keys:
+                raise ValueError(
+                    f"get_env_info() of environment {i} ({type(envs[i]).__qualname__}) lacks "
+                    f"{', '.join(missing_keys)}; expected keys {', '.join(ENV_INFO_KEYS)}"
+                )
+            for key in ENV_INFO_KEYS:
+                if info[key] != infos[0][key]:
+                    raise ValueError(
+                        f"environments disagree on {key}: environment 0 has {infos[0][key]!r}, "
+                        f"environment {i} has {info[key]!r}"
+                    )
+        self._envs = envs
+        self._env_info = dict(infos[0])
+        self._info_flags = dict(info_flags)
+        self.n_envs = len(envs)
+        self.n_agents = int(self._env_info["n_agents"])
+        self.n_actions = int(self._env_info["n_actions"])
+        self.episode_limit = int(self._env_info["episode_limit"])
+        self.obs_dim = int(self._env_info["obs_shape"])
+        self.state_dim = int(self._env_info["state_shape"])
+
+        n = self.n_envs
+        self._obs = np.zeros((n, self.n_agents, self.obs_dim), dtype=np.float32)
+        self._state = np.zeros((n, self.state_dim), dtype=np.float32)
+        self._avail = np.zeros((n, self.n_agents, self.n_actions), dtype=bool)
+        self._episode_steps = np.zeros(n, dtype=np.int64)
+        self._needs_reset = np.ones(n, dtype=bool)  # never reset, or episode ended
+        self._counters: List[Optional[Dict[str, int]]] = [None] * n
+        self._closed = False
+
+    @property
+    def envs(self) -> tuple:
+        """The wrapped per-env instances (for replays, rendering, debugging)."""
+        return tuple(self._envs)
+
+    @property
+    def episode_steps(self) -> np.ndarray:
+        """Steps taken in each environment's current episode, ``[n_envs]`` int."""
+        return self._episode_steps.copy()
+
+    # ----------------------------------------------------------------------------- reset
+    def reset(self, env_ids: Optional[np.ndarray] = None) -> None:
+        for i in self._check_env_ids(env_ids):
+            env = self._envs[i]
+            env.reset()
+            self._episode_steps[i] = 0
+            self._needs_reset[i] = False
+            self._counters[i] = _read_counters(env)
+            self._read_arrays(i)
+
+    def _check_env_ids(self, env_ids) -> List[int]:
+        if env_ids is None:
+            return list(range(self.n_envs))
+        ids = np.asarray(env_ids)
+        if ids.ndim == 0:
+            ids = ids.reshape(1)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            hint = " (for a bool mask pass np.flatnonzero(mask))" if ids.dtype == bool else ""
+            raise ValueError(
+                f"env_ids must be a 1-D array of integer env indices, got shape {ids.shape} "
+                f"dtype {ids.dtype}{hint}"
+            )
+        bad = [int(i) for i in ids if not 0 <= i < self.n_envs]
+        if bad:
+            raise ValueError(f"env_ids {bad} out of range for n_envs={self.n_envs}")
+        if len(set(ids.tolist())) != ids.size:
+            raise ValueError(f"env_ids contains duplicates: {ids.tolist()}")
+        return [int(i) for i in ids]
+
+    # ------------------------------------------------------------------------------ step
+    def step(self, actions: np.ndarray, active: Optional[np.ndarray] = None) -> BatchedStep:
+        actions, active_ids = self._check_step_inputs(actions, active)
+
+        n = self.n_envs
+        reward = np.zeros(n, dtype=np.float32)
+        terminated = np.zeros(n, dtype=bool)
+        timeout = np.zeros(n, dtype=bool)
+        battle_won = np.zeros(n, dtype=bool)
+        dead_allies = np.zeros(n, dtype=np.int64)
+        dead_enemies = np.zeros(n, dtype=np.int64)
+        extra = {key: np.zeros(n, dtype=bool) for key in self._info_flags.values()}
+        extra.setdefault("invalid", np.zeros(n, dtype=bool))
+
+        for i in active_ids:
+            env = self._envs[i]
+            r, env_terminated, info = env.step([int(a) for a in actions[i]])
+            info = self._check_info(i, info)
+            if np.ndim(r) != 0:
+                raise ValueError(
+                    f"environment {i} returned a non-scalar reward of shape {np.shape(r)}; the SMAC "
+                    "API has one team reward per step"
+                )
+            self._episode_steps[i] += 1
+            term_i, timeout_i, crashed = self._classify_end(i, bool(env_terminated), info)
+
+            reward[i] = float(r)
+            terminated[i] = term_i
+            timeout[i] = timeout_i
+            battle_won[i] = bool(info.get("battle_won", False))
+            dead_allies[i] = int(info.get("dead_allies", 0))
+            dead_enemies[i] = int(info.get("dead_enemies", 0))
+            for info_key, extra_key in self._info_flags.items():
+                extra[extra_key][i] |= bool(info.get(info_key, False))
+            extra["invalid"][i] |= crashed
+            if term_i or timeout_i:
+                self._needs_reset[i] = True
+            self._read_arrays(i)
+
+        return BatchedStep(
+            reward=reward,
+            terminated=terminated,
+            timeout=timeout,
+            battle_won=battle_won,
+            dead_allies=dead_allies,
+            dead_enemies=dead_enemies,
+            extra=extra,
+        )
+
+    def _check_step_inputs(self, actions, active):
+        """Validate everything before any environment is advanced, so a bad call changes nothing."""
+        actions = np.asarray(actions)
+        expected = (self.n_envs, self.n_agents)
+        if actions.shape != expected:
+            raise ValueError(
+                f"actions must have shape (n_envs, n_agents) = {expected}, got {actions.shape}"
+            )
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"actions must be an integer array, got dtype {actions.dtype}")
+
+        if active is None:
+            active = np.ones(self.n_envs, dtype=bool)
+        else:
+            active = np.asarray(active)
+            if active.shape != (self.n_envs,) or active.dtype != bool:
+                raise ValueError(
+                    f"active must be a bool array of shape ({self.n_envs},), got shape "
+                    f"{active.shape} dtype {active.dtype}"
+                )
+        active_ids = [int(i) for i in np.flatnonzero(active)]
+
+        for i in active_ids:
+            if self._needs_reset[i]:
+                state = "has not been reset" if self._episode_steps[i] == 0 else (
+                    f"ended its episode at step {self._episode_steps[i]}"
+                )
+                raise ValueError(
+                    f"environment {i} {state}; reset it (reset(env_ids=[{i}])) or mark it inactive"
+                )
+            for agent, action in enumerate(actions[i]):
+                if not 0 <= action < self.n_actions:
+                    raise ValueError(
+                        f"action {int(action)} of agent {agent} in environment {i} is out of "
+                        f"range [0, {self.n_actions})"
+                    )
+                if not self._avail[i, agent, action]:
+                    raise ValueError(
+                        f"action {int(action)} is not available to agent {agent} in environment "
+                        f"{i}; available: {np.flatnonzero(self._avail[i, agent]).tolist()}"
+                    )
+        return actions, active_ids
+
+    def _check_info(self, i: int, info) -> Mapping:
+        if info is None:
+            return {}
+        if not isinstance(info, Mapping):
+            raise TypeError(
+                f"environment {i} returned info of type {type(info).__name__}; step() must return "
+                "(reward, terminated, info dict)"
+            )
+        return info
+
+    def _classify_end(self, i: int, env_terminated: bool, info: Mapping):
+        """Apply the timeout rule of the module docstring; returns (terminated, timeout, crashed)."""
+        t = int(self._episode_steps[i])
+        if info.get("episode_limit", False):  # rule 1
+            return False, True, False
+        if not env_terminated:
+            return False, t >= self.episode_limit, False  # rule 5 (or the episode goes on)
+
+        before = self._counters[i]
+        after = _read_counters(self._envs[i])
+        self._counters[i] = after
+        if _counter_grew(before, after, "restarts"):  # rule 2
+            return True, False, True
+        timeouts_grew = _counter_grew(before, after, "timeouts")
+        if timeouts_grew is not None:  # rule 3
+            return not timeouts_grew, timeouts_grew, False
+        timed_out = (  # rule 4
+            t >= self.episode_limit
+            and not info.get("battle_won", False)
+            and int(info.get("dead_allies", 0)) < self.n_agents
+        )
+        return not timed_out, timed_out, False
+
+    def _read_arrays(self, i: int) -> None:
+        env = self._envs[i]
+        obs = np.asarray(env.get_obs(), dtype=np.float32)
+        if obs.shape != (self.n_agents, self.obs_dim):
+            raise ValueError(
+                f"environment {i}: get_obs() has shape {obs.shape}, expected "
+                f"(n_agents, obs_shape) = {(self.n_agents, self.obs_dim)}"
+            )
+        state = np.asarray(env.get_state(), dtype=np.float32)
+        if state.shape != (self.state_dim,):
+            raise ValueError(
+                f"environment {i}: get_state() has shape {state.shape}, expected ({self.state_dim},)"
+            )
+        avail = np.asarray(env.get_avail_actions())
+        if avail.shape != (self.n_agents, self.n_actions):
+            raise ValueError(
+                f"environment {i}: get_avail_actions() has shape {avail.shape}, expected "
+                f"(n_agents, n_actions) = {(self.n_agents, self.n_actions)}"
+            )
+        if avail.dtype != bool and not np.all((avail == 0) | (avail == 1)):
+            raise ValueError(f"environment {i}: get_avail_actions() must hold only 0/1, got {avail.tolist()}")
+        self._obs[i] = obs
+        self._state[i] = state
+        self._avail[i] = avail != 0
+
+    # --------------------------------------------------------------------------- getters
+    def get_obs(self) -> np.ndarray:
+        return self._obs.copy()
+
+    def get_state(self) -> np.ndarray:
+        return self._state.copy()
+
+    def get_avail_actions(self) -> np.ndarray:
+        return self._avail.copy()
+
+    def get_env_info(self) -> dict:
+        return dict(self._env_info)
+
+    def get_stats(self) -> dict:
+        all_stats = []
+        for env in self._envs:
+            get_stats = getattr(env, "get_stats", None)
+            if get_stats is None:
+                continue
+            try:
+                all_stats.append(get_stats())
+            except ZeroDivisionError:  # real SMAC before its first finished battle: nothing to add
+                continue
+        return aggregate_stats(all_stats)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for env in self._envs:
+            close = getattr(env, "close", None)
+            if close is not None:
+                close()

@@ -1,0 +1,131 @@
+"""The command line: a sacred Experiment around ``qmixlab.run``.
+
+    qmixlab with alg=qmix env=smacsim env_args.map_name=2s3z t_max=500000 seed=3
+    qmixlab --config=qmix --env-config=smacsim with env_args.map_name=2s3z     (PyMARL's form)
+    qmixlab print_config with alg=vdn
+    qmixlab with checkpoint_path=results/models/<run> evaluate=True
+
+``alg`` and ``env`` choose ``config/algs/<alg>.yaml`` and ``config/envs/<env>.yaml``; they are
+read from the command line before sacred parses it, because they decide which defaults exist.
+Everything else is sacred's own syntax and options (``-F``, ``-m``, ``-l``, ``-u``, ...). The merged
+configuration is validated once, in a config hook, so even ``print_config`` rejects a misspelled
+key. By default a FileStorageObserver writes to ``<local_results_path>/sacred``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from qmixlab.settings import ConfigError, compose_config, load_yaml, validate_config
+
+OBSERVER_FLAGS = ("-F", "--file_storage", "-u", "--unobserved")
+
+
+def _split_pymarl_flags(argv: List[str]) -> Tuple[List[str], Optional[str], Optional[str]]:
+    """Remove PyMARL's ``--config=X`` / ``--env-config=Y`` from argv and return them."""
+    rest, alg, env = [], None, None
+    for token in argv:
+        if token.startswith("--config="):
+            alg = token.split("=", 1)[1]
+        elif token.startswith("--env-config="):
+            env = token.split("=", 1)[1]
+        else:
+            rest.append(token)
+    return rest, alg, env
+
+
+def _with_value(argv: List[str], key: str) -> Optional[str]:
+    """The value of ``key=value`` among the tokens after ``with`` (last one wins)."""
+    if "with" not in argv:
+        return None
+    value = None
+    for token in argv[argv.index("with") + 1:]:
+        if token.startswith(key + "="):
+            value = token.split("=", 1)[1].strip("'\"")
+    return value
+
+
+def _console_logger() -> logging.Logger:
+    logger = logging.getLogger("qmixlab")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(levelname)s %(asctime)s] %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def run_folder_name(settings, run_id) -> str:
+    map_name = settings.env_args.get("map_name", settings.env)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    suffix = f"_{run_id}" if run_id is not None else ""
+    return f"{settings.name}_{map_name}_seed{settings.seed}_{stamp}{suffix}"
+
+
+def build_experiment(alg: str, env: str):
+    from sacred import Experiment
+    from sacred.utils import apply_backspaces_and_linefeeds
+
+    experiment = Experiment("qmixlab", save_git_info=False)
+    experiment.logger = _console_logger()
+    experiment.captured_out_filter = apply_backspaces_and_linefeeds
+    experiment.add_config(compose_config(alg, env))
+
+    @experiment.config_hook
+    def validate(config, command_name, logger):
+        validate_config(config)
+        return {}
+
+    @experiment.main
+    def qmixlab_run(_run, _config, _log):
+        from qmixlab import run as run_module
+        from qmixlab.metrics import RunLogger
+
+        settings = validate_config(_config)
+        results = Path(settings.local_results_path)
+        if settings.checkpoint_path and not settings.evaluate:
+            models_dir = Path(settings.checkpoint_path)  # a resumed run keeps saving beside its past
+            name = models_dir.name
+        else:
+            name = run_folder_name(settings, _run._id)
+            models_dir = results / "models" / name
+        tensorboard_dir = str(results / "tb_logs" / name) if settings.use_tensorboard else None
+        logger = RunLogger(sacred_run=_run, console=_log, tensorboard_dir=tensorboard_dir)
+        try:
+            if settings.evaluate:
+                return run_module.evaluate(settings, logger)
+            _run.info["models_dir"] = str(models_dir)
+            return run_module.train(settings, logger, models_dir=models_dir if settings.save_model else None)
+        finally:
+            logger.close()
+
+    return experiment
+
+
+def main(argv: Optional[List[str]] = None):
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) > 1 and argv[1] in ("ablate", "report"):
+        from qmixlab import ablations
+
+        return ablations.main(argv[1:])
+    argv, alg, env = _split_pymarl_flags(argv)
+    alg = _with_value(argv, "alg") or alg or "qmix"
+    env = _with_value(argv, "env") or env or load_yaml(None, "default").get("env", "smacsim")
+    try:
+        experiment = build_experiment(alg, env)
+    except ConfigError as error:
+        print(f"qmixlab: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    if "--help" not in argv and "-h" not in argv and not any(flag in argv or any(
+            a.startswith(flag + "=") for a in argv) for flag in OBSERVER_FLAGS):
+        from sacred.observers import FileStorageObserver
+
+        results = _with_value(argv, "local_results_path") or load_yaml(None, "default")["local_results_path"]
+        experiment.observers.append(FileStorageObserver(os.path.join(results, "sacred")))
+    return experiment.run_commandline(argv)

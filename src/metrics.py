@@ -1,0 +1,84 @@
+"""Training statistics: accumulated between log points, then sent to sacred, TensorBoard and the
+console. Memory stays bounded: only running sums and a short window of recent values are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from typing import Dict, Optional
+
+
+class RunLogger:
+    def __init__(self, sacred_run=None, console: Optional[logging.Logger] = None,
+                 tensorboard_dir: Optional[str] = None, recent: int = 20):
+        self.sacred_run = sacred_run
+        self.console = console or logging.getLogger("qmixlab")
+        self.recent: Dict[str, deque] = {}
+        self.recent_size = recent
+        self._sums: Dict[str, float] = {}
+        self._counts: Dict[str, int] = {}
+        self._tensorboard = None
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise RuntimeError(
+                    "use_tensorboard=True needs the tensorboard package: pip install tensorboard"
+                ) from error
+            self._tensorboard = SummaryWriter(tensorboard_dir)
+
+    # ----------------------------------------------------------------- accumulate
+    def accumulate(self, stats: Dict[str, float], prefix: str = "", weight: int = 1) -> None:
+        """Add ``stats`` (means over ``weight`` items) to the running means since the last flush."""
+        for key, value in stats.items():
+            name = prefix + key
+            self._sums[name] = self._sums.get(name, 0.0) + float(value) * weight
+            self._counts[name] = self._counts.get(name, 0) + weight
+
+    def log(self, name: str, value: float, t_env: int) -> None:
+        """Record one value now (sacred metrics.json, TensorBoard, recent window)."""
+        value = float(value)
+        window = self.recent.setdefault(name, deque(maxlen=self.recent_size))
+        window.append((t_env, value))
+        if self.sacred_run is not None:
+            self.sacred_run.log_scalar(name, value, t_env)
+        if self._tensorboard is not None:
+            self._tensorboard.add_scalar(name, value, t_env)
+
+    def flush(self, t_env: int, keys: Optional[list] = None) -> Dict[str, float]:
+        """Log the means accumulated since the last flush (of ``keys``, default all)."""
+        names = [k for k in self._sums if keys is None or k in keys]
+        means = {}
+        for name in sorted(names):
+            means[name] = self._sums.pop(name) / max(self._counts.pop(name), 1)
+            self.log(name, means[name], t_env)
+        return means
+
+    def print_summary(self, t_env: int, episode: int, values: Dict[str, float]) -> None:
+        parts = [f"t_env: {t_env}", f"episode: {episode}"]
+        parts += [f"{k}: {v:.4g}" if math.isfinite(v) else f"{k}: {v}" for k, v in sorted(values.items())]
+        self.console.info("  ".join(parts))
+
+    def latest(self, name: str, default=float("nan")) -> float:
+        window = self.recent.get(name)
+        return window[-1][1] if window else default
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "sums": dict(self._sums),
+            "counts": dict(self._counts),
+            "recent": {k: [list(p) for p in v] for k, v in self.recent.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sums = {k: float(v) for k, v in state["sums"].items()}
+        self._counts = {k: int(v) for k, v in state["counts"].items()}
+        self.recent = {k: deque([tuple(p) for p in v], maxlen=self.recent_size)
+                       for k, v in state["recent"].items()}
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()

@@ -1,0 +1,393 @@
+"""The learner's loss against a slow, per-episode reference, for every mask option."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qmixlab.components.episode_batch import EpisodeBatch, OneHot
+from qmixlab.components.masks import MaskOptions, PYMARL_UNAVAILABLE_FILL
+from qmixlab.learners.q_learner import LearnerOptions, QLearner
+from qmixlab.modules.mixers import build_mixer
+
+N_AGENTS, N_ACTIONS, OBS_DIM, STATE_DIM = 2, 4, 5, 3
+
+
+class PerRowQ(nn.Module):
+    """A controller stand-in whose Q-values depend on the row's observation only, so the
+    reference can read Q-values straight from it."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.linear = nn.Linear(OBS_DIM, N_ACTIONS).double()
+
+    def unroll(self, obs, actions):
+        return self.linear(obs.double())
+
+
+class SumMixer(nn.Module):
+    def forward(self, agent_qs, states):
+        return agent_qs.sum(dim=-1, keepdim=True)
+
+
+def scheme(with_invalid=False):
+    fields = {
+        "state": {"vshape": (STATE_DIM,)},
+        "obs": {"vshape": (OBS_DIM,), "group": "agents"},
+        "actions": {"vshape": (1,), "group": "agents", "dtype": torch.long},
+        "avail_actions": {"vshape": (N_ACTIONS,), "group": "agents", "dtype": torch.bool},
+        "reward": {"vshape": (1,)},
+        "terminated": {"vshape": (1,), "dtype": torch.bool},
+        "timeout": {"vshape": (1,), "dtype": torch.bool},
+    }
+    if with_invalid:
+        fields["invalid"] = {"vshape": (1,), "dtype": torch.bool}
+    return fields
+
+
+def build_batch(episodes, T, seed=0, with_invalid=False):
+    """episodes: list of dicts (length = number of actions, end in {"terminal", "timeout"},
+    optional dead={agent: first dead step}, invalid=[steps]). Row `length` holds the final state."""
+    rng = np.random.default_rng(seed)
+    batch = EpisodeBatch(
+        scheme(with_invalid), {"agents": N_AGENTS}, len(episodes), T,
+        preprocess={"actions": ("actions_onehot", [OneHot(out_dim=N_ACTIONS)])},
+    )
+    for b, episode in enumerate(episodes):
+        length = episode["length"]
+        for t in range(length + 1):
+            avail = rng.random((N_AGENTS, N_ACTIONS)) < 0.6
+            avail[:, 0] = False
+            avail[np.arange(N_AGENTS), rng.integers(1, N_ACTIONS, N_AGENTS)] = True
+            for agent, first_dead in episode.get("dead", {}).items():
+                if t >= first_dead:
+                    avail[agent] = [True] + [False] * (N_ACTIONS - 1)
+            actions = np.array([rng.choice(np.flatnonzero(row)) for row in avail])
+            data = {
+                "obs": rng.normal(size=(N_AGENTS, OBS_DIM)),
+                "state": rng.normal(size=(STATE_DIM,)),
+                "avail_actions": avail,
+                "actions": actions.reshape(N_AGENTS, 1),
+            }
+            if t < length:
+                last = t == length - 1
+                data["reward"] = [rng.normal()]
+                data["terminated"] = [last and episode["end"] == "terminal"]
+                data["timeout"] = [last and episode["end"] == "timeout"]
+                if with_invalid:
+                    data["invalid"] = [t in episode.get("invalid", [])]
+            batch.update(data, bs=b, ts=t)
+    return batch
+
+
+def reference_loss(batch, online, target, options: LearnerOptions, mixer_name):
+    """The loss written the slow way: loops over episodes, steps and agents."""
+    rules, gamma, lam = options.masks, options.gamma, options.td_lambda
+    as_np = lambda key: batch[key].detach().double().numpy() if batch[key].is_floating_point() else batch[key].numpy()
+    filled, terminated, timeout = as_np("filled")[..., 0], as_np("terminated")[..., 0], as_np("timeout")[..., 0]
+    invalid = as_np("invalid")[..., 0] if "invalid" in batch.scheme else np.zeros_like(filled)
+    rewards, avail, actions = as_np("reward")[..., 0], as_np("avail_actions"), as_np("actions")[..., 0]
+    q = online.unroll(batch["obs"], batch["actions"]).detach().numpy()
+    q_target = target.unroll(batch["obs"], batch["actions"]).detach().numpy()
+    B, T = filled.shape
+    fill = rules.fill_value(torch.float64)
+    dead = lambda b, t, i: avail[b, t, i, 0] and not avail[b, t, i, 1:].any()
+
+    def in_loss(b, t):
+        ok = bool(filled[b, t]) if rules.mask_padding else True
+        if rules.post_terminal_shift and t > 0 and (terminated[b, t - 1] or timeout[b, t - 1]):
+            ok = False
+        if rules.invalid_steps == "mask" and invalid[b, t]:
+            ok = False
+        return ok
+
+    def agent_next_value(b, t, i):  # value of row t + 1 for agent i
+        row_q, row_target = q[b, t + 1, i].copy(), q_target[b, t + 1, i].copy()
+        if rules.target_avail_mask:
+            for a in range(N_ACTIONS):
+                if not avail[b, t + 1, i, a]:
+                    row_q[a] = fill
+                    row_target[a] = fill
+        value = row_target[int(np.argmax(row_q))] if options.double_q else row_target.max()
+        if rules.dead_agents == "zero_utilities" and dead(b, t + 1, i):
+            return 0.0
+        return value
+
+    def chosen(b, t, i):
+        if rules.dead_agents == "zero_utilities" and dead(b, t, i):
+            return 0.0
+        return q[b, t, i, actions[b, t, i]]
+
+    def components(values):  # mixing
+        return [sum(values)] if mixer_name == "vdn" else list(values)
+
+    def lambda_return(b, t):
+        reward = rewards[b, t] if in_loss(b, t) else 0.0
+        next_values = np.array(components([agent_next_value(b, t, i) for i in range(N_AGENTS)]))
+        cut = terminated[b, t] or (rules.timeout == "terminal" and timeout[b, t])
+        if cut:
+            return reward + 0 * next_values
+        if terminated[b, t] or timeout[b, t] or t == T - 2:
+            return reward + gamma * next_values
+        return reward + gamma * ((1 - lam) * next_values + lam * lambda_return(b, t + 1))
+
+    total, steps, elements, per_episode = 0.0, 0, 0, []
+    for b in range(B):
+        episode_total, episode_steps = 0.0, 0
+        for t in range(T - 1):
+            if not in_loss(b, t):
+                continue
+            steps += 1
+            episode_steps += 1
+            predicted = components([chosen(b, t, i) for i in range(N_AGENTS)])
+            targets = lambda_return(b, t)
+            for k, (p, y) in enumerate(zip(predicted, targets)):
+                if rules.dead_agents == "agent_loss_mask" and dead(b, t, k):
+                    continue
+                total += (p - y) ** 2
+                episode_total += (p - y) ** 2
+                elements += 1
+        if episode_steps:
+            per_episode.append(episode_total / episode_steps)
+    K = 1 if mixer_name == "vdn" else N_AGENTS
+    if rules.normalisation == "valid_steps":
+        return total / max(steps, 1)
+    if rules.normalisation == "valid_agent_steps":
+        return total / max(elements * (N_AGENTS // K), 1)
+    if rules.normalisation == "all_rows":
+        return total / (B * (T - 1) * K)
+    return sum(per_episode) / max(len(per_episode), 1)
+
+
+EPISODES = [
+    {"length": 4, "end": "terminal"},
+    {"length": 6, "end": "timeout"},
+    {"length": 2, "end": "terminal", "dead": {1: 1}},
+    {"length": 5, "end": "terminal", "dead": {0: 3}},
+]
+
+
+def make_learner(mixer_name, options, seed=0):
+    online = PerRowQ(seed)
+    mixer = SumMixer() if mixer_name == "vdn" else None
+    learner = QLearner(online, mixer, N_AGENTS, options)
+    with torch.no_grad():  # a target network that differs from the online one
+        for p in learner.target_mac.parameters():
+            p.add_(torch.randn_like(p))
+    return learner
+
+
+def loss_of(learner, batch):
+    return learner.train(copy.deepcopy(batch), t_env=0, episode_num=0)["loss"]
+
+
+def check_against_reference(mask_kwargs, mixer_name="vdn", td_lambda=0.0, double_q=True, batch=None, T=9):
+    options = LearnerOptions(masks=MaskOptions(**mask_kwargs), td_lambda=td_lambda, double_q=double_q, gamma=0.9)
+    learner = make_learner(mixer_name, options)
+    batch = batch if batch is not None else build_batch(EPISODES, T)
+    trimmed = batch[:, : batch.max_t_filled()] if options.masks.trim_to_longest else batch
+    expected = reference_loss(trimmed, learner.mac, learner.target_mac, options, mixer_name)
+    assert loss_of(learner, batch) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("mixer_name", ["vdn", "none"])
+@pytest.mark.parametrize("td_lambda", [0.0, 0.6])
+@pytest.mark.parametrize("double_q", [True, False])
+def test_default_masks_match_reference(mixer_name, td_lambda, double_q):
+    check_against_reference({}, mixer_name, td_lambda, double_q)
+
+
+@pytest.mark.parametrize(
+    "mask_kwargs",
+    [
+        {"timeout": "terminal"},
+        {"post_terminal_shift": False},
+        {"mask_padding": False},
+        {"normalisation": "valid_agent_steps"},
+        {"normalisation": "episodes"},
+        {"normalisation": "all_rows"},
+        {"target_avail_mask": False},
+        {"avail_fill_value": "finfo_min"},
+        {"dead_agents": "zero_utilities"},
+        {"trim_to_longest": False},
+        {"masked_rows": "drop"},
+    ],
+    ids=lambda kwargs: "-".join(f"{k}={v}" for k, v in kwargs.items()),
+)
+@pytest.mark.parametrize("td_lambda", [0.0, 0.6])
+def test_each_mask_option_matches_reference(mask_kwargs, td_lambda):
+    check_against_reference(mask_kwargs, "vdn", td_lambda)
+
+
+def test_agent_loss_mask_matches_reference_for_independent_learners():
+    check_against_reference({"dead_agents": "agent_loss_mask", "normalisation": "valid_agent_steps"}, "none")
+    with pytest.raises(ValueError, match="agent_loss_mask"):
+        QLearner(PerRowQ(), SumMixer(), N_AGENTS, LearnerOptions(masks=MaskOptions(dead_agents="agent_loss_mask")))
+
+
+@pytest.mark.parametrize("mode", ["mask", "ignore"])
+def test_invalid_steps_match_reference(mode):
+    episodes = [{"length": 5, "end": "terminal", "invalid": [1, 2]}, {"length": 3, "end": "timeout"}]
+    batch = build_batch(episodes, 7, with_invalid=True)
+    check_against_reference({"invalid_steps": mode}, "vdn", 0.6, batch=batch)
+
+
+def test_trimming_does_not_change_the_loss():
+    batch = build_batch(EPISODES, 12)
+    losses = [loss_of(make_learner("vdn", LearnerOptions(masks=MaskOptions(trim_to_longest=trim))), batch)
+              for trim in (True, False)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+
+
+def gradients_after_one_step(options, batch):
+    learner = make_learner("vdn", options)
+    learner.optimiser = torch.optim.SGD(learner.params, lr=0.0)  # keep parameters fixed
+    stats = learner.train(copy.deepcopy(batch))
+    return stats["loss"], [p.grad.clone() for p in learner.params]
+
+
+@pytest.mark.parametrize("normalisation", ["valid_steps", "episodes", "all_rows"])
+def test_keep_and_drop_give_same_loss_and_gradients(normalisation):
+    batch = build_batch(EPISODES, 9)
+    keep = gradients_after_one_step(LearnerOptions(masks=MaskOptions(normalisation=normalisation)), batch)
+    drop = gradients_after_one_step(
+        LearnerOptions(masks=MaskOptions(normalisation=normalisation, masked_rows="drop")), batch
+    )
+    assert keep[0] == pytest.approx(drop[0], rel=1e-12)
+    for g_keep, g_drop in zip(keep[1], drop[1]):
+        torch.testing.assert_close(g_keep, g_drop)
+
+
+def test_all_masked_batch_gives_finite_zero_loss():
+    # Every episode ends on its first step and the post-terminal row is masked: the only
+    # transitions are masked as invalid.
+    batch = build_batch([{"length": 1, "end": "terminal", "invalid": [0]}] * 3, 4, with_invalid=True)
+    learner = make_learner("vdn", LearnerOptions())
+    stats = learner.train(batch)
+    assert stats["loss"] == 0.0
+    assert all(torch.isfinite(p.grad).all() and not p.grad.any() for p in learner.params if p.grad is not None)
+    assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_nan_in_masked_rows_never_reaches_loss_or_gradients():
+    clean = build_batch(EPISODES, 9)
+    poisoned = copy.deepcopy(clean)
+    for b, episode in enumerate(EPISODES):
+        length = episode["length"]
+        # padding rows, and the final-state row of terminated episodes (never bootstrapped from)
+        start = length + 1 if episode["end"] == "timeout" else length
+        rows = 9 - start
+        poisoned.update(
+            {
+                "obs": np.full((rows, N_AGENTS, OBS_DIM), np.nan),
+                "state": np.full((rows, STATE_DIM), np.nan),
+                "reward": np.full((rows, 1), np.nan),
+            },
+            bs=b, ts=slice(start, 9), mark_filled=False,
+        )
+    reference = gradients_after_one_step(LearnerOptions(), clean)
+    result = gradients_after_one_step(LearnerOptions(), poisoned)
+    assert math.isfinite(result[0]) and result[0] == pytest.approx(reference[0], rel=1e-12)
+    for g_ref, g in zip(reference[1], result[1]):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_unavailable_actions_never_used_in_targets():
+    batch = build_batch(EPISODES, 9)
+    options = LearnerOptions(gamma=0.9)
+    learner = make_learner("vdn", options)
+    with torch.no_grad():  # make unavailable actions look enormously valuable
+        for net in (learner.mac, learner.target_mac):
+            net.linear.bias[:] = 0.0
+    avail = batch["avail_actions"]
+
+    def lure(obs, actions, net):
+        q = net.linear(obs.double())
+        return torch.where(avail[:, : q.shape[1]], q, torch.full_like(q, 1e6))
+
+    online, target = learner.mac, learner.target_mac
+    online.unroll = lambda obs, actions: lure(obs, actions, online)
+    target.unroll = lambda obs, actions: lure(obs, actions, target)
+    stats = learner.train(copy.deepcopy(batch))
+    assert abs(stats["target_mean"]) < 1e3  # a lured target would be ~ 1e6
+    expected = reference_loss(batch[:, : batch.max_t_filled()], online, target, options, "vdn")
+    assert stats["loss"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_filled_only_bootstraps_from_fill_value():
+    # Without the shift, the row after a terminal state is trained towards gamma * fill.
+    batch = build_batch([{"length": 2, "end": "terminal"}], 5)
+    options = LearnerOptions(
+        gamma=0.5, masks=MaskOptions(post_terminal_shift=False, normalisation="all_rows", trim_to_longest=False)
+    )
+    stats = make_learner("vdn", options).train(batch)
+    assert stats["target_mean"] < 0.5 * PYMARL_UNAVAILABLE_FILL / 10
+
+
+def test_statistics_are_over_valid_rows_only():
+    batch = build_batch(EPISODES, 9)
+    options = LearnerOptions()
+    learner = make_learner("vdn", options)
+    q = learner.mac.unroll(batch["obs"], batch["actions"]).detach()
+    chosen = q[:, :-1].gather(3, batch["actions"][:, :-1]).squeeze(3).sum(-1)
+    valid = [(b, t) for b, e in enumerate(EPISODES) for t in range(e["length"])]
+    expected_q_mean = float(np.mean([chosen[b, t].item() for b, t in valid]))
+    stats = learner.train(copy.deepcopy(batch))
+    assert stats["q_taken_mean"] == pytest.approx(expected_q_mean, rel=1e-9)
+    assert stats["mask_fraction"] == pytest.approx(len(valid) / (len(EPISODES) * (batch.max_t_filled() - 1)))
+
+
+def test_reward_standardisation_uses_valid_rows_only():
+    batch = build_batch(EPISODES, 9)
+    poisoned = copy.deepcopy(batch)
+    for b, episode in enumerate(EPISODES):
+        rows = 9 - episode["length"]
+        poisoned.update({"reward": np.full((rows, 1), 1e6)}, bs=b, ts=slice(episode["length"], 9), mark_filled=False)
+    options = LearnerOptions(standardise_rewards=True)
+    assert loss_of(make_learner("vdn", options), batch) == pytest.approx(
+        loss_of(make_learner("vdn", options), poisoned), rel=1e-12
+    )
+
+
+def test_hard_and_soft_target_updates():
+    batch = build_batch(EPISODES, 9)
+    hard = make_learner("vdn", LearnerOptions(target_update_interval_episodes=10))
+    hard.train(copy.deepcopy(batch), episode_num=5)
+    assert not torch.equal(hard.target_mac.linear.weight, hard.mac.linear.weight)
+    hard.train(copy.deepcopy(batch), episode_num=10)
+    assert torch.equal(hard.target_mac.linear.weight, hard.mac.linear.weight)
+
+    soft = make_learner("vdn", LearnerOptions(target_update="soft", target_update_tau=0.25))
+    before = soft.target_mac.linear.weight.clone()
+    soft.train(copy.deepcopy(batch))
+    expected = before + 0.25 * (soft.mac.linear.weight - before)
+    torch.testing.assert_close(soft.target_mac.linear.weight, expected)
+
+
+def test_learner_options_validation():
+    with pytest.raises(KeyError, match="gama"):
+        LearnerOptions.from_dict({"gama": 0.9})
+    with pytest.raises(ValueError, match="optimiser='sgd'"):
+        LearnerOptions(optimiser="sgd")
+    options = LearnerOptions.from_dict({"masks": {"timeout": "terminal"}, "td_lambda": 0.6})
+    assert options.masks.timeout == "terminal" and options.td_lambda == 0.6
+
+
+@pytest.mark.parametrize("mixer", ["qmix", "vdn", None])
+def test_learner_trains_real_networks_and_reduces_loss(mixer):
+    from qmixlab.controllers.agent_controller import AgentController
+    from qmixlab.modules.agents import RNNAgent
+
+    torch.manual_seed(0)
+    batch = build_batch(EPISODES, 9)
+    agent = RNNAgent(OBS_DIM, N_ACTIONS, N_AGENTS, hidden_dim=16)
+    mac = AgentController(agent, action_selector=None)
+    options = LearnerOptions(optimiser="adam", lr=0.01, target_update_interval_episodes=10**9)
+    learner = QLearner(mac, build_mixer(mixer, N_AGENTS, STATE_DIM), N_AGENTS, options)
+    losses = [learner.train(copy.deepcopy(batch))["loss"] for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0]

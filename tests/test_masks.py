@@ -1,0 +1,221 @@
+"""Mask rules and TD targets against hand-built cases and slow references."""
+
+import math
+
+import pytest
+import torch
+
+from qmixlab.components import masks
+from qmixlab.components.masks import MaskOptions
+from qmixlab.learners.targets import lambda_returns
+
+
+def column(values, dtype=torch.bool):
+    """One episode's per-step flags as a [1, T, 1] tensor."""
+    return torch.tensor(values, dtype=dtype).view(1, -1, 1)
+
+
+def test_worked_example_from_masking_spec():
+    filled = column([1, 1, 1, 1, 1, 0, 0])
+    terminated = column([0, 0, 0, 1, 0, 0, 0])
+    cuts, ends = masks.episode_end_flags(terminated, None, MaskOptions())
+    mask = masks.build_step_mask(filled, ends, None, MaskOptions())
+    assert mask.view(-1).tolist() == [True, True, True, True, False, False]
+
+
+def test_filled_only_keeps_the_post_terminal_row():
+    filled = column([1, 1, 1, 1, 1, 0, 0])
+    terminated = column([0, 0, 0, 1, 0, 0, 0])
+    options = MaskOptions(post_terminal_shift=False)
+    _, ends = masks.episode_end_flags(terminated, None, options)
+    mask = masks.build_step_mask(filled, ends, None, options)
+    assert mask.view(-1).tolist() == [True, True, True, True, True, False]
+
+
+def test_no_padding_mask_counts_padding_but_still_shifts():
+    filled = column([1, 1, 1, 1, 1, 0, 0])
+    terminated = column([0, 0, 0, 1, 0, 0, 0])
+    options = MaskOptions(mask_padding=False)
+    _, ends = masks.episode_end_flags(terminated, None, options)
+    mask = masks.build_step_mask(filled, ends, None, options)
+    assert mask.view(-1).tolist() == [True, True, True, True, False, True]
+
+
+@pytest.mark.parametrize("mode", ["bootstrap", "terminal"])
+def test_early_timeout_masks_the_row_after_it(mode):
+    # Truncated after 3 actions in a buffer of 7 rows: row 3 holds the final state.
+    filled = column([1, 1, 1, 1, 0, 0, 0])
+    terminated = column([0, 0, 0, 0, 0, 0, 0])
+    timeout = column([0, 0, 1, 0, 0, 0, 0])
+    options = MaskOptions(timeout=mode)
+    cuts, ends = masks.episode_end_flags(terminated, timeout, options)
+    mask = masks.build_step_mask(filled, ends, None, options)
+    assert mask.view(-1).tolist() == [True, True, True, False, False, False]
+    assert cuts.view(-1).tolist()[2] is (mode == "terminal")
+    assert ends.view(-1).tolist()[2] is True
+
+
+def test_invalid_steps_are_masked_or_ignored():
+    filled = column([1, 1, 1, 1, 1, 0])
+    terminated = column([0, 0, 0, 1, 0, 0])
+    invalid = column([0, 1, 0, 0, 0, 0])
+    for mode, expected in [("mask", [1, 0, 1, 1, 0]), ("ignore", [1, 1, 1, 1, 0])]:
+        options = MaskOptions(invalid_steps=mode)
+        _, ends = masks.episode_end_flags(terminated, None, options)
+        mask = masks.build_step_mask(filled, ends, invalid, options)
+        assert mask.view(-1).int().tolist() == expected
+
+
+def test_dead_agent_detection_uses_noop_only():
+    avail = torch.tensor(
+        [[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 0]], dtype=torch.bool
+    )  # dead, alive (noop + stop is never SMAC, still "not noop only"), alive, nothing available
+    assert masks.dead_agents(avail).tolist() == [True, False, False, False]
+
+
+def test_rows_needed_excludes_post_terminal_but_keeps_timeout_bootstrap_row():
+    filled = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool).unsqueeze(-1)
+    terminated = torch.tensor([[0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool).unsqueeze(-1)
+    timeout = torch.tensor([[0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]], dtype=torch.bool).unsqueeze(-1)
+    options = MaskOptions()
+    cuts, ends = masks.episode_end_flags(terminated, timeout, options)
+    mask = masks.build_step_mask(filled, ends, None, options)
+    needed = masks.rows_needed_by_networks(mask, cuts, 6).squeeze(-1).int().tolist()
+    assert needed[0] == [1, 1, 1, 0, 0, 0]  # terminal: the final-state row is never read
+    assert needed[1] == [1, 1, 1, 1, 0, 0]  # time-out bootstraps from the final-state row
+
+
+def test_options_reject_bad_values_with_names():
+    with pytest.raises(ValueError, match="normalisation='per_row'"):
+        MaskOptions(normalisation="per_row")
+    with pytest.raises(KeyError, match="post_termnal_shift"):
+        MaskOptions.from_dict({"post_termnal_shift": False})
+    with pytest.raises(TypeError, match="avail_fill_value"):
+        MaskOptions(avail_fill_value=[1])
+    assert MaskOptions(avail_fill_value="-inf").fill_value(torch.float32) == -math.inf
+    assert MaskOptions(avail_fill_value="finfo_min").fill_value(torch.float32) == torch.finfo(torch.float32).min
+
+
+def test_masked_mean_and_standardisation_ignore_masked_rows():
+    values = torch.tensor([[1.0, 3.0, float("nan"), 1000.0]]).view(1, 4, 1)
+    mask = column([1, 1, 0, 0])
+    assert masks.masked_mean(values, mask).item() == pytest.approx(2.0)
+    standard = masks.standardise_over_valid(values, mask).view(-1)
+    assert standard[:2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-6)
+    assert standard[2:].tolist() == [0.0, 0.0]
+    assert masks.masked_mean(values, column([0, 0, 0, 0])).item() == 0.0
+
+
+# --------------------------------------------------------------------------- loss reduction
+def slow_reduction(td, element_mask, step_mask, normalisation, n_agents):
+    B, T, K = td.shape
+    total, elements, steps = 0.0, 0, 0
+    per_episode = []
+    for b in range(B):
+        ep_total, ep_steps = 0.0, 0
+        for t in range(T):
+            if step_mask[b, t, 0]:
+                steps += 1
+                ep_steps += 1
+            for k in range(K):
+                if element_mask[b, t, k]:
+                    total += float(td[b, t, k]) ** 2
+                    ep_total += float(td[b, t, k]) ** 2
+                    elements += 1
+        if ep_steps:
+            per_episode.append(ep_total / ep_steps)
+    if normalisation == "valid_steps":
+        return total / max(steps, 1)
+    if normalisation == "valid_agent_steps":
+        return total / max(elements * (n_agents // K), 1)
+    if normalisation == "all_rows":
+        return total / (B * T * K)
+    return sum(per_episode) / max(len(per_episode), 1)
+
+
+@pytest.mark.parametrize("normalisation", masks.NORMALISATIONS)
+@pytest.mark.parametrize("per_agent", [False, True])
+def test_reduction_matches_slow_reference_and_keep_equals_drop(normalisation, per_agent):
+    torch.manual_seed(0)
+    n_agents = 3
+    K = n_agents if per_agent else 1
+    step_mask = torch.rand(4, 6, 1) > 0.4
+    step_mask[3] = False  # an episode with no valid step
+    element_mask = step_mask & (torch.rand(4, 6, K) > 0.3) if per_agent else step_mask
+    base = torch.randn(4, 6, K, dtype=torch.float64)
+    losses, grads = [], []
+    for mode in ("keep", "drop"):
+        td = base.clone().requires_grad_(True)
+        options = MaskOptions(normalisation=normalisation, masked_rows=mode)
+        loss = masks.masked_td_loss(td, element_mask, step_mask, options, n_agents)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(td.grad.clone())
+    expected = slow_reduction(base, element_mask, step_mask, normalisation, n_agents)
+    assert losses[0] == pytest.approx(expected, rel=1e-10)
+    assert losses[1] == pytest.approx(expected, rel=1e-10)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("mode", ["keep", "drop"])
+def test_all_masked_loss_is_finite_zero_and_nan_never_leaks(mode):
+    td = torch.full((2, 5, 1), float("nan"), requires_grad=True)
+    step_mask = torch.zeros(2, 5, 1, dtype=torch.bool)
+    loss = masks.masked_td_loss(td, step_mask, step_mask, MaskOptions(masked_rows=mode), 3)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(td.grad, torch.zeros_like(td))
+
+
+# --------------------------------------------------------------------------- TD(lambda)
+def recursive_lambda_return(rewards, next_values, cuts, ends, gamma, lam, t):
+    """Plain per-episode recursion, written the obvious way."""
+    last = len(rewards) - 1
+    if cuts[t]:
+        return rewards[t]
+    if ends[t] or t == last:
+        return rewards[t] + gamma * next_values[t]
+    later = recursive_lambda_return(rewards, next_values, cuts, ends, gamma, lam, t + 1)
+    return rewards[t] + gamma * ((1 - lam) * next_values[t] + lam * later)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.6, 1.0])
+@pytest.mark.parametrize("timeout_mode", ["bootstrap", "terminal"])
+def test_lambda_returns_match_recursive_reference(lam, timeout_mode):
+    torch.manual_seed(1)
+    T, gamma = 8, 0.9
+    # episode 0 terminates at t=4, episode 1 times out at t=5, episode 2 runs to the buffer end,
+    # episode 3 terminates at t=0.
+    terminated = torch.zeros(4, T, 1, dtype=torch.bool)
+    timeout = torch.zeros(4, T, 1, dtype=torch.bool)
+    terminated[0, 4] = True
+    timeout[1, 5] = True
+    terminated[3, 0] = True
+    cuts, ends = masks.episode_end_flags(terminated, timeout, MaskOptions(timeout=timeout_mode))
+    rewards = torch.randn(4, T, 1, dtype=torch.float64)
+    next_values = torch.randn(4, T, 1, dtype=torch.float64)
+    # Values after an episode's end must not matter, even when they are NaN.
+    next_values[0, 5:] = float("nan")
+    rewards[0, 5:] = float("nan")
+    next_values[1, 6:] = float("nan")
+    returns = lambda_returns(rewards, next_values, cuts, ends, gamma, lam)
+    for b, end in [(0, 4), (1, 5), (2, T - 1), (3, 0)]:
+        r = rewards[b, :, 0].tolist()
+        v = next_values[b, :, 0].tolist()
+        c = cuts[b, :, 0].tolist()
+        e = ends[b, :, 0].tolist()
+        for t in range(end + 1):
+            expected = recursive_lambda_return(r, v, c, e, gamma, lam, t)
+            assert returns[b, t, 0].item() == pytest.approx(expected, rel=1e-12), (b, t)
+
+
+def test_timeout_bootstraps_and_terminal_does_not():
+    rewards = torch.tensor([[1.0, 2.0]]).view(1, 2, 1)
+    next_values = torch.tensor([[10.0, 100.0]]).view(1, 2, 1)
+    flags = torch.tensor([[0, 1]], dtype=torch.bool).view(1, 2, 1)
+    none = torch.zeros_like(flags)
+    for timeout_mode, expected_last in [("bootstrap", 2.0 + 0.5 * 100.0), ("terminal", 2.0)]:
+        cuts, ends = masks.episode_end_flags(none, flags, MaskOptions(timeout=timeout_mode))
+        returns = lambda_returns(rewards, next_values, cuts, ends, 0.5, 0.0)
+        assert returns[0, 1, 0].item() == pytest.approx(expected_last)
+        assert returns[0, 0, 0].item() == pytest.approx(1.0 + 0.5 * 10.0)
