@@ -77,6 +77,8 @@ def _derive_state_last_action(settings: RunSettings) -> bool:
 
 
 def build_components(settings: RunSettings) -> Components:
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed % (2**32))
     env = make_batched_env(settings.env, settings.batch_size_run, seed=settings.seed, **settings.env_args)

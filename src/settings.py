@@ -81,6 +81,7 @@ class RunSettings:
     env: str = "smacsim"
     seed: int = 0
     device: str = "cpu"
+    torch_threads: int = 1
     # training loop (PyMARL's semantics and names)
     t_max: int = 2_050_000
     test_interval: int = 10_000
@@ -112,6 +113,8 @@ class RunSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 1")
+        if self.torch_threads < 0:
+            raise ConfigError(f"torch_threads={self.torch_threads!r} must be >= 0 (0: torch's default)")
         if self.test_nepisode < 0:
             raise ConfigError(f"test_nepisode={self.test_nepisode!r} must be >= 0")
         if self.buffer_size < self.batch_size:

@@ -605,3 +605,45 @@ def test_smacsim_backend():
     assert type(batched) is BatchedSMACSim and isinstance(batched, BatchedMultiAgentEnv)
     assert batched.n_envs == 2 and batched.get_env_info()["n_actions"] == 9
     batched.close()
+
+
+@pytest.mark.skipif(not SMACSIM_ENV.exists(), reason="simulator src/envs/smacsim/env.py has not landed yet")
+@pytest.mark.parametrize("continuing_episode", [False, True])
+def test_vectorised_smacsim_matches_native_batched(continuing_episode):
+    """The wrapper around per-env SMACSim must give what the native batched simulator gives,
+    through both kinds of episode end (SMACSim reports timeouts as SMAC does)."""
+    from qmixlab.envs.smacsim.env import BatchedSMACSim, SMACSim
+
+    kwargs = dict(map_name="3m", continuing_episode=continuing_episode)
+    native = BatchedSMACSim(n_envs=1, seed=5, **kwargs)
+    wrapped = VectorisedEnvs([SMACSim(seed=5, **kwargs)])
+    rng = np.random.default_rng(0)
+
+    def policy(avail, episode):
+        # Even episodes mostly walk north, away from the attackers (runs into the time limit);
+        # odd episodes mostly stand still (the battle ends first).
+        preferred, p_random = (2, 0.1) if episode % 2 == 0 else (1, 0.3)
+        if rng.random() < p_random or not avail[preferred]:
+            return int(rng.choice(np.flatnonzero(avail)))
+        return preferred
+
+    native.reset()
+    wrapped.reset()
+    ends = []
+    for _ in range(4 * native.episode_limit):
+        avail = native.get_avail_actions()
+        np.testing.assert_array_equal(wrapped.get_avail_actions(), avail)
+        np.testing.assert_allclose(wrapped.get_obs(), native.get_obs(), atol=1e-6)
+        np.testing.assert_allclose(wrapped.get_state(), native.get_state(), atol=1e-6)
+        actions = np.array([[policy(a, len(ends)) for a in avail[0]]], dtype=np.int64)
+        a, b = native.step(actions), wrapped.step(actions)
+        for name in ("terminated", "timeout", "battle_won", "dead_allies", "dead_enemies"):
+            np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+        np.testing.assert_allclose(b.reward, a.reward, rtol=1e-5)
+        if a.ended[0]:
+            ends.append("timeout" if a.timeout[0] else "terminated")
+            native.reset()
+            wrapped.reset()
+    assert {"timeout", "terminated"} <= set(ends), f"both kinds of end should occur, got {ends}"
+    native.close()
+    wrapped.close()

@@ -6,17 +6,20 @@ Mathematically the network is PyMARL's::
     h_t = GRU(relu(fc1(x_t)), h_{t-1});   q_t = fc2(h_t)
 
 with one set of weights for every agent (agents are folded into the batch). Two things differ
-from the obvious implementation, both for speed, neither for the result:
+from the obvious implementation, both for speed; neither changes the function computed:
 
 * The one-hot parts of ``x_t`` are never built. ``fc1`` applied to the concatenation equals
   ``fc1_obs(obs)`` plus the weight column of the last action plus the weight column of the agent,
   so those columns are looked up by index. "No previous action" (index ``n_actions``, used at
   t=0) is the zero one-hot: it adds nothing, and has no parameters.
-* A whole sequence goes through one recurrent call. On CUDA that is ``torch.nn.GRU`` (cuDNN). On
-  CPU, ``nn.GRU``'s backward is an op-by-op autograd graph and measured no faster than a
-  ``GRUCell`` loop, so ``gru_sequence`` runs the same GRU (the ``nn.GRU``'s own parameters) with a
-  hand-written backward that needs four small ops per step and computes the weight gradients
-  for all steps in one matrix product each.
+* A whole sequence goes through one recurrent call, ``gru_sequence``, and fc1, the GRU's input
+  projection and fc2 run once over all time steps. On CUDA the call is ``torch.nn.GRU``
+  (cuDNN). On CPU, ``nn.GRU``'s backward is an op-by-op autograd graph that measured barely
+  faster than a ``GRUCell`` loop, so ``gru_sequence`` runs the same GRU (the ``nn.GRU``'s own
+  parameters) as one autograd function with a hand-written backward: per time step only the
+  recurrent matrix product and a few elementwise ops, everything else (input projection,
+  derivative coefficients, weight gradients) batched over chunks of ``GRU_CHUNK_STEPS`` steps.
+  Tests compare it with ``nn.GRU`` and with a ``GRUCell`` loop, values and gradients.
 """
 
 from __future__ import annotations
@@ -30,107 +33,143 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
-def _n_gate_doubled(param: torch.Tensor, hidden_dim: int) -> torch.Tensor:
-    """The GRU weight or bias with its n-gate rows times two (exact in floating point).
+# Time steps handled together by the CPU GRU's non-recurrent work (input projection, output
+# conversion, derivative coefficients, weight gradients): large enough to amortise the per-op
+# overhead, small enough for a chunk's intermediates to stay in cache.
+GRU_CHUNK_STEPS = 8
 
-    With them the candidate state needs no extra multiply: tanh(a) = 2 * sigmoid(2a) - 1, and
-    sigmoid is several times cheaper than tanh on CPU.
+
+def _carried_parameters(w_ih, b_ih, w_hh, b_hh):
+    """The GRU parameters rewritten for the carried form used by ``_gru_forward``.
+
+    Two exact rewrites save elementwise ops per step (each op costs more than its arithmetic at
+    these sizes): the n-gate pre-activations are doubled, since tanh(a) = 2 * sigmoid(2a) - 1;
+    and the hidden state is carried as g = (h + 1) / 2, which turns the update
+    h' = (1 - z) * n + z * h into g' = lerp(s, g, z) with s = sigmoid(2a), while
+    W h + b = (2 W) g + (b - W 1).
     """
-    return torch.cat([param[: 2 * hidden_dim], param[2 * hidden_dim:] * 2], 0)
+    H = w_hh.shape[1]
+    scale = w_hh.new_ones(3 * H)
+    scale[2 * H:] = 2
+    return (w_ih * scale[:, None], b_ih * scale,
+            w_hh * (2 * scale)[:, None], (b_hh - w_hh.sum(1)) * scale)
 
 
-def _gru_loop(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
-    """PyTorch's GRU equations over x [T, M, I] from h0 [M, H]; returns Y [T, M, H] (and saves).
+def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
+    """PyTorch's GRU over x [T, M, I] from h0 [M, H]; returns all hidden states Y [T, M, H].
 
     r = sigmoid(W_ir x + b_ir + W_hr h + b_hr),  z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h.
-    With ``keep_for_backward`` it also returns, per step, r|z and the local derivatives
-    c_r = dh'/d(r pre-activation) / ..., laid out as ``coef[t] = [c_r, c_z, c_n]`` where, for an
-    incoming gradient g on h', g * c_r, g * c_z and g * c_n are the gradients of the r, z and n
-    pre-activations (the input side of n; the hidden side is that times r).
+
+    With ``keep_for_backward`` it returns ``(Y, RZ, C, CN)``: RZ [T, M, 2H] holds r|z, and for an
+    incoming gradient d on h_t the pre-activation gradients are d * C[t, :, k] (k = 0: r, 1: z,
+    2: the hidden side of n, W_hn h + b_hn) and d * CN[t] (the input side of n).
     """
-    T, M = x.shape[0], x.shape[1]
+    T, M, I = x.shape
     H = h0.shape[-1]
-    w_hh_t = _n_gate_doubled(w_hh, H).t()
-    b_hh2 = _n_gate_doubled(b_hh, H)
-    gi = torch.addmm(_n_gate_doubled(b_ih, H), x.reshape(T * M, -1), _n_gate_doubled(w_ih, H).t())
-    gi = gi.view(T, M, 3 * H)
+    w_i, b_i, w_h, b_h = _carried_parameters(w_ih, b_ih, w_hh, b_hh)
+    w_i_t, w_h_t = w_i.t(), w_h.t()
+    K = min(GRU_CHUNK_STEPS, T)
     Y = x.new_empty(T, M, H)
+    G = x.new_empty(T + 1, M, H)  # carried state g_t = (h_t + 1) / 2, G[0] from h0
+    torch.add(x.new_tensor(0.5), h0, alpha=0.5, out=G[0])
+    gi_scratch = x.new_empty(K * M, 3 * H)  # chunk scratch: W_i x + b_i (n rows doubled)
+    gh = x.new_empty(K, M, 3 * H)  # chunk scratch: W_h h + b_h (n rows doubled)
+    s = x.new_empty(K, M, H)  # chunk scratch: (n + 1) / 2
     if keep_for_backward:
         RZ = x.new_empty(T, M, 2 * H)
-        coef = x.new_empty(T, M, 3, H)
+        C = x.new_empty(T, M, 3, H)
+        CN = x.new_empty(T, M, H)
+    else:
+        rz_scratch = x.new_empty(K, M, 2 * H)
     minus_one = x.new_tensor(-1.0)
-    one = x.new_tensor(1.0)
-    h = h0
-    for t in range(T):
-        gh = torch.addmm(b_hh2, h, w_hh_t)
-        g = gi[t]
-        rz = torch.add(g[:, : 2 * H], gh[:, : 2 * H], out=RZ[t] if keep_for_backward else None).sigmoid_()
-        r, z = rz[:, :H], rz[:, H:]
-        gh_n2 = gh[:, 2 * H:]  # 2 * (W_hn h + b_hn)
-        n = torch.add(minus_one, torch.addcmul(g[:, 2 * H:], r, gh_n2).sigmoid_(), alpha=2)
-        h_minus_n = h - n
-        h_new = torch.addcmul(n, z, h_minus_n, out=Y[t])
+    for c0 in range(0, T, K):
+        c1 = min(c0 + K, T)
+        k = c1 - c0
+        gi = torch.addmm(b_i, x[c0:c1].reshape(k * M, I), w_i_t, out=gi_scratch[: k * M]).view(k, M, 3 * H)
+        rz = RZ[c0:c1] if keep_for_backward else rz_scratch[:k]
+        for j in range(k):
+            g = G[c0 + j]
+            gh_j = torch.addmm(b_h, g, w_h_t, out=gh[j])
+            gi_j = gi[j]
+            rz_j = torch.add(gi_j[:, : 2 * H], gh_j[:, : 2 * H], out=rz[j]).sigmoid_()
+            s_j = torch.addcmul(gi_j[:, 2 * H:], rz_j[:, :H], gh_j[:, 2 * H:], out=s[j]).sigmoid_()
+            torch.lerp(s_j, g, rz_j[:, H:], out=G[c0 + j + 1])
+        torch.add(minus_one, G[c0 + 1: c1 + 1], alpha=2, out=Y[c0:c1])
         if keep_for_backward:
-            c = coef[t]
-            sig_grad = rz * (1 - rz)  # r(1-r) | z(1-z)
-            torch.mul(h_minus_n, sig_grad[:, H:], out=c[:, 1])
-            c_n = torch.mul(torch.addcmul(one, n, n, value=-1), 1 - z, out=c[:, 2])
-            torch.mul(c_n * gh_n2, sig_grad[:, :H], out=c[:, 0]).mul_(0.5)
-        h = h_new
+            # Local derivatives, in terms of n = 2s - 1 and h = 2g - 1:
+            # dh'/dn = 1 - z, dn/da_n = 1 - n^2 = 4 s (1 - s), dh'/dz = h - n = 2 (g - s).
+            r, z, s_c, gh_n = rz[..., :H], rz[..., H:], s[:k], gh[:k, :, 2 * H:]
+            sig_grad = rz * (1 - rz)  # r (1 - r) | z (1 - z)
+            c_n = torch.mul(s_c * (1 - s_c), 1 - z, out=CN[c0:c1]).mul_(4)
+            torch.mul(c_n, gh_n, out=C[c0:c1, :, 0]).mul_(sig_grad[..., :H]).mul_(0.5)  # gh_n is doubled
+            torch.mul(torch.sub(G[c0:c1], s_c).mul_(2), sig_grad[..., H:], out=C[c0:c1, :, 1])
+            torch.mul(c_n, r, out=C[c0:c1, :, 2])
     if keep_for_backward:
-        return Y, RZ, coef
+        return Y, RZ, C, CN
     return Y
 
 
 class _GRUSequence(torch.autograd.Function):
+    """``_gru_forward`` with a hand-written backward: four small ops per step for the recurrence;
+    everything else per chunk of steps."""
+
     @staticmethod
     def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh):
-        Y, RZ, coef = _gru_loop(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=True)
-        ctx.save_for_backward(x, w_ih, h0, w_hh, Y, RZ, coef)
+        Y, RZ, C, CN = _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=True)
+        ctx.save_for_backward(x, w_ih, h0, w_hh, Y, RZ, C, CN)
         return Y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_Y):
-        x, w_ih, h0, w_hh, Y, RZ, coef = ctx.saved_tensors
-        T, M, H = Y.shape
-        # Pre-activation gradients: hidden side [r, z, n_h] and the input side of n.
-        grad_gh = grad_Y.new_empty(T, M, 3, H)
-        grad_gi_n = grad_Y.new_empty(T, M, H)
-        grad_h = None
-        for t in range(T - 1, -1, -1):
-            grad_h = grad_Y[t] if grad_h is None else grad_h + grad_Y[t]
-            c, out = coef[t], grad_gh[t]
-            torch.mul(c[:, :2], grad_h.unsqueeze(1), out=out[:, :2])
-            g_n = torch.mul(c[:, 2], grad_h, out=grad_gi_n[t])
-            torch.mul(g_n, RZ[t, :, :H], out=out[:, 2])
-            grad_h = torch.addmm(grad_h * RZ[t, :, H:], out.view(M, 3 * H), w_hh)
-        need = ctx.needs_input_grad
-        gh2 = grad_gh.view(T * M, 3 * H)
-        g_rz = gh2[:, : 2 * H]  # the r and z gradients are the same on the input side
-        g_n = grad_gi_n.view(T * M, H)
-        x2 = x.reshape(T * M, -1)
-        grad_x = grad_w_ih = grad_b_ih = grad_w_hh = grad_b_hh = None
-        if need[0]:
-            grad_x = torch.addmm(g_n @ w_ih[2 * H:], g_rz, w_ih[: 2 * H]).view_as(x)
-        if need[1]:
-            grad_w_ih = torch.cat([g_rz.t() @ x2, g_n.t() @ x2], 0)
-        if need[2]:
-            grad_b_ih = torch.cat([g_rz.sum(0), g_n.sum(0)], 0)
-        if need[4]:
-            grad_w_hh = grad_gh[0].view(M, 3 * H).t() @ h0
-            if T > 1:
-                grad_w_hh += gh2[M:].t() @ Y[:-1].reshape((T - 1) * M, H)
-        if need[5]:
-            grad_b_hh = gh2.sum(0)
-        return grad_x, grad_w_ih, grad_b_ih, (grad_h if need[3] else None), grad_w_hh, grad_b_hh
+        x, w_ih, h0, w_hh, Y, RZ, C, CN = ctx.saved_tensors
+        T, M, I = x.shape
+        H = h0.shape[-1]
+        K = min(GRU_CHUNK_STEPS, T)
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        grad_w_ih = w_ih.new_zeros(3 * H, I)
+        grad_b_ih = w_ih.new_zeros(3 * H)
+        grad_w_hh = w_hh.new_zeros(3 * H, H)
+        grad_b_hh = w_hh.new_zeros(3 * H)
+        grad_h = grad_Y.new_empty(K, M, H)  # chunk scratch: total gradient on h_t
+        grad_gh = grad_Y.new_empty(K, M, 3, H)  # chunk scratch: gradients of W_h h + b_h
+        carry = None  # gradient on h_t arriving from step t + 1
+        for c0 in reversed(range(0, T, K)):
+            c1 = min(c0 + K, T)
+            k = c1 - c0
+            for j in reversed(range(k)):
+                t = c0 + j
+                if carry is None:
+                    grad_h[j].copy_(grad_Y[t])
+                else:
+                    torch.add(carry, grad_Y[t], out=grad_h[j])
+                torch.mul(C[t], grad_h[j].unsqueeze(1), out=grad_gh[j])
+                carry = torch.addmm(grad_h[j] * RZ[t, :, H:], grad_gh[j].view(M, 3 * H), w_hh)
+            g_gh = grad_gh[:k].view(k * M, 3 * H)
+            g_rz = g_gh[:, : 2 * H]  # the r and z gates have the same gradient on the input side
+            g_in = torch.mul(grad_h[:k], CN[c0:c1]).view(k * M, H)
+            x_c = x[c0:c1].reshape(k * M, I)
+            if grad_x is not None:
+                torch.addmm(g_in @ w_ih[2 * H:], g_rz, w_ih[: 2 * H], out=grad_x[c0:c1].view(k * M, I))
+            grad_w_ih[: 2 * H].addmm_(g_rz.t(), x_c)
+            grad_w_ih[2 * H:].addmm_(g_in.t(), x_c)
+            grad_b_ih[: 2 * H] += g_rz.sum(0)
+            grad_b_ih[2 * H:] += g_in.sum(0)
+            if c0 == 0:
+                grad_w_hh.addmm_(g_gh[:M].t(), h0)
+                if k > 1:
+                    grad_w_hh.addmm_(g_gh[M:].t(), Y[: k - 1].reshape((k - 1) * M, H))
+            else:
+                grad_w_hh.addmm_(g_gh.t(), Y[c0 - 1: c1 - 1].reshape(k * M, H))
+            grad_b_hh += g_gh.sum(0)
+        return grad_x, grad_w_ih, grad_b_ih, carry, grad_w_hh, grad_b_hh
 
 
 def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     """All hidden states [T, M, H] of the one-layer ``gru`` over x [T, M, I] from h0 [M, H].
 
-    Same result as ``gru(x, h0[None])[0]``; on CPU computed by ``_gru_loop`` (see module doc).
+    Same result as ``gru(x, h0[None])[0]``; on CPU computed by ``_gru_forward`` (see module doc).
     """
     if gru.num_layers != 1 or gru.bidirectional or gru.batch_first or not gru.bias:
         raise ValueError("gru_sequence supports a one-layer, unidirectional, seq-first GRU with biases")
@@ -141,7 +180,7 @@ def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
     if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)):
         return _GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh)
     with torch.no_grad():
-        return _gru_loop(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False)
+        return _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False)
 
 
 class RNNAgent(nn.Module):
@@ -274,7 +313,7 @@ class RNNAgent(nn.Module):
             pre = F.linear(obs_flat, self.fc1_obs.weight, self.fc1_obs.bias)
         else:
             addend = F.embedding(index.expand(T, B, N).reshape(-1), table.reshape(-1, H))
-            pre = torch.addmm(addend, obs_flat, self.fc1_obs.weight.t())
+            pre = addend.addmm_(obs_flat, self.fc1_obs.weight.t())
         return pre.relu_()
 
     def _forward_time_major(self, obs_tm, last_actions_tm, hidden):

@@ -2,31 +2,39 @@
 
 Time base: one environment step is ``step_mul`` game loops at 22.4 loops per second (real SMAC:
 8 loops = 0.357 s), simulated as ``n_subticks`` equal sub-ticks (default: one per 4 game loops,
-so 2 sub-ticks of 0.179 s). Every duration below is in those "Faster" game seconds.
+so 2 sub-ticks of 0.179 s). Every duration below is in those "Faster" game seconds. Weapon
+cooldowns carry over fractions of a sub-tick, so rates of fire are exact on average.
 
 Unit slots: allies ``0..n_agents-1`` then enemies; per-slot constants (type, stats, damage
-matrix) are shared by all environments; dynamic state has a leading ``n_envs`` axis.
+matrix) are shared by all environments; dynamic state has a leading ``n_envs`` axis. No Python
+loop runs over units or environments: pairwise quantities are ``[n_envs, N, N]`` broadcasts,
+hits are gathered as (env, attacker, target) events and summed with ``np.bincount``.
 
-Rules (one sub-tick, all units at once, damage applied simultaneously):
-  1. Pairwise centre distances by broadcasting; overlapping ground units are pushed apart by
-     their overlap (a static unit, speed 0, is never pushed).
-  2. The enemy AI (order ``AMOVE``) keeps its target while it is alive and within its leash
-     range, else retaliates against the nearest unit that hit it last sub-tick, else acquires
-     the nearest attackable unit within its acquisition range (edge distance
-     ``max(weapon range + 2, 5)``; the leash is that plus 2), else walks to the attack point.
+Rules, for all units of all active environments at once:
+  1. (first sub-tick of a step) Overlapping ground units are pushed apart by their overlap,
+     heavier units less (mass ~ radius^2); static units (speed 0) are never pushed; small units
+     walk under colossi.
+  2. (first sub-tick of a step) Enemy AI, an attack-move toward the allies' spawn (each enemy
+     keeps its offset in the group): keep the current target while it is alive and within the
+     leash (acquisition range + 2); else retaliate against the nearest unit that hit it during
+     the previous step (within sight range, 9); else acquire the nearest attackable unit within
+     the acquisition range (edge distance ``max(weapon range, 5)``), widened to the sight range
+     when a teammate within 4 already has a target; else keep walking.
   3. A unit with a target fires when the edge-to-edge distance (centre distance minus both
      radii) is within its weapon range and its cooldown expires during the sub-tick; otherwise it
-     walks toward the target (stopping once in range). Attack orders persist until the target
-     dies (allies then stand still) or another order is given.
-  4. Damage: every hit's raw damage (base + bonus vs attribute) goes to shields first; the part
-     that passes the shields is reduced by armour per hit, at least 0.5 per hit. Hits on the same
-     target in the same sub-tick are pooled (exact for a single attacker).
-     Banelings explode on their first attack (splash 2.2 around them, edge distance, enemies
-     only) and die; colossus lances also hit units on a short line through the target,
-     perpendicular to the shot. Medivacs heal 12.6 HP/s for 1 energy per 3 HP.
-  5. Movement at unit speed toward the order's point / target (on maps with terrain, ground
-     units follow a precomputed shortest-path flow field and slide along walls), clamped to the
-     map. Shields regenerate 2.8/s after 7 s without damage; energy regenerates 0.7875/s.
+     walks toward the target (stopping once in range). Ally attack orders persist until the
+     target dies (the ally then stands still) or another order is given. Move orders persist
+     until the point is reached. Allies never act on their own.
+  4. Damage: a hit's raw damage (base + bonus vs attribute) goes to shields first; the part that
+     passes the shields is reduced by armour per hit, at least 0.5 per hit. Hits on the same
+     target in the same sub-tick are pooled (exact for a single attacker). Banelings explode on
+     their first attack (2.2 splash, edge distance, enemies only) and die; colossus lances also
+     hit units on a 2.8-long line through the target, perpendicular to the shot. Medivacs heal
+     12.6 HP/s for 1 energy per 3 HP, within 4 (edge distance).
+  5. Movement at unit speed toward the order's point / target. On maps with terrain, ground
+     units follow a precomputed shortest-path flow field and slide along walls; colossi walk
+     over cliffs. Shields regenerate 2.8/s after 7 s without damage; energy regenerates
+     0.7875/s up to 200.
 """
 
 from __future__ import annotations
@@ -87,7 +95,11 @@ class CombatEngine:
         self.can_target = (self.dmg > 0) | heal_ok  # [N, N]
         self.rsum = self.radius[:, None] + self.radius[None, :]
         ground = ~self.is_air
-        self.collide = ground[:, None] & ground[None, :] & ~np.eye(N, dtype=bool)
+        # Small ground units walk under colossi (as in StarCraft II): a colossus only collides
+        # with other colossi.
+        tall = np.array([t.cliff_walker for t in types])
+        self.collide = (ground[:, None] & ground[None, :] & ~np.eye(N, dtype=bool)
+                        & (tall[:, None] == tall[None, :]))
         # Share of a pairwise overlap that unit i resolves: static units never move.
         # Heavier (larger) units are pushed less; static ones (speed 0) are never pushed.
         mass = np.where(self.speed == 0, 1e6, self.radius ** 2)
@@ -95,6 +107,22 @@ class CombatEngine:
         self.push_share = share * np.float32(0.9)
         # Direction used to separate exactly coincident units.
         self.tie_sign = np.sign(np.arange(N)[None, :] - np.arange(N)[:, None]).astype(np.float32)
+        self.can_shoot = self.dmg > 0
+        self.enemy_can_target = self.can_target[self.na:]
+        self.enemy_healer_rows = np.flatnonzero(self.is_healer[self.na:])
+        self._enemy_cols = np.arange(self.ne)[None, :]
+        # Flat offsets for fast gathers: a[b, i, t] == a.ravel()[flat + t].
+        self._flat_b = (np.arange(B)[:, None] * N).astype(np.int64)  # [B, 1] into [B, N]
+        self._flat_n = (np.arange(N)[None, :] * N).astype(np.int64)  # [1, N] into [N, N]
+        self._flat_bn = ((np.arange(B)[:, None] * N + np.arange(N)[None, :]) * N)  # [B,N,N]
+        self._flat_en = ((np.arange(B)[:, None] * self.ne + np.arange(self.ne)[None, :]) * N)
+        self.is_enemy = self.team == 1
+        self.mobile = self.speed > 0
+        self.stride_max = (self.speed * self.dt).astype(np.float32)
+        self.healer_rows = np.flatnonzero(self.is_healer)
+        self.has_shields = bool((self.sh_max > 0).any())
+        self._hit_any = False
+        self._order_tables = None
         self.bane_idx = np.flatnonzero(self.is_bane)
         self.lance_idx = np.flatnonzero(self.is_lance)
         self.bane_enemy_mask = other_team[self.bane_idx]  # [n_bane, N]
@@ -106,6 +134,7 @@ class CombatEngine:
         cliff = np.array([t.cliff_walker for t in types])
         self.pass_ground = self.terrain == TERRAIN_GROUND
         self.pass_cliff = self.terrain >= TERRAIN_GROUND
+        self.walk_any = self.pass_ground  # cells every ground unit may stand on
         self.unit_cliff = cliff
         self.unit_uses_terrain = ~self.is_air
         self.flow_ground = flow_field_for(spec, False) if self.has_terrain else None
@@ -134,7 +163,7 @@ class CombatEngine:
         self.mode = np.zeros((B, N), np.int8)
         self.target = np.full((B, N), -1, np.int64)
         self.goal = np.zeros((B, N, 2), np.float32)
-        self.hit_by = np.zeros((B, N, N), bool)  # [b, i, j]: j hit i during the last sub-tick
+        self.hit_by = np.zeros((B, self.ne, N), bool)  # [b, e, j]: j hit enemy e last sub-tick
         self.damage_taken = np.zeros((B, N), np.float32)  # health+shield lost this step
         self._rows = np.arange(B)[:, None]
         self._cols = np.arange(N)[None, :]
@@ -195,215 +224,250 @@ class CombatEngine:
         self.goal[ids, :self.na] = self.pos[ids, :self.na]
         self.goal[ids, self.na:] = self.enemy_goals
         self.hit_by[ids] = False
+        self._hit_any = bool(self.hit_by.any())
         self.damage_taken[ids] = 0.0
 
     # ------------------------------------------------------------------ orders
     def issue_agent_orders(self, actions: np.ndarray, active: np.ndarray,
                            move_amount: float) -> None:
-        """Turn SMAC actions ``[B, n_agents]`` into orders of the ally units (active envs)."""
+        """Turn SMAC actions ``[B, n_agents]`` into orders of the ally units (active envs).
+
+        No-op (0) keeps the current order (only dead agents use it); stop (1) clears it; a move
+        (2-5) walks ``move_amount`` north/south/east/west; 6+i attacks enemy i (a medivac heals
+        ally i). Orders persist across steps until done or replaced.
+        """
         na = self.na
-        mode = self.mode[:, :na]
-        tgt = self.target[:, :na]
-        goal = self.goal[:, :na]
-        act = np.where(active[:, None], actions, 0)
-        is_stop = act == 1
-        is_move = (act >= 2) & (act <= 5)
-        is_attack = act >= 6
-        mode[is_stop] = IDLE
-        tgt[is_stop | is_move] = -1
-        mode[is_move] = MOVE
-        step = np.zeros(act.shape + (2,), np.float32)
-        step[..., 1] = np.where(act == 2, move_amount, 0.0) - np.where(act == 3, move_amount, 0.0)
-        step[..., 0] = np.where(act == 4, move_amount, 0.0) - np.where(act == 5, move_amount, 0.0)
-        new_goal = self.pos[:, :na] + step
-        goal[is_move] = new_goal[is_move]
-        # Attack i targets enemy i; a medivac's "attack" i heals ally i.
-        idx = act - 6
-        target_unit = np.where(self.is_healer[None, :na], idx, idx + na)
-        mode[is_attack] = ATTACK
-        tgt[is_attack] = target_unit[is_attack]
+        if self._order_tables is None or self._order_tables[0] != move_amount:
+            n_act = 6 + self.ne
+            mode_of = np.full(n_act, ATTACK, np.int8)
+            mode_of[:2] = IDLE
+            mode_of[2:6] = MOVE
+            offset = np.zeros((n_act, 2), np.float32)
+            offset[2:6] = np.array([[0, 1], [0, -1], [1, 0], [-1, 0]], np.float32) * move_amount
+            target_of = np.full((na, n_act), -1, np.int64)
+            idx = np.arange(n_act - 6)
+            target_of[:, 6:] = np.where(self.is_healer[:na, None], idx, idx + na)
+            self._order_tables = (move_amount, mode_of, offset, target_of)
+        _, mode_of, offset, target_of = self._order_tables
+        change = (actions >= 1) & active[:, None]
+        self.mode[:, :na] = np.where(change, mode_of[actions], self.mode[:, :na])
+        self.target[:, :na] = np.where(change, target_of[self._arange[:na], actions],
+                                       self.target[:, :na])
+        is_move = change & (actions >= 2) & (actions <= 5)
+        self.goal[:, :na] = np.where(is_move[..., None], self.pos[:, :na] + offset[actions],
+                                     self.goal[:, :na])
 
     # ------------------------------------------------------------------ simulation
     def advance(self, active: np.ndarray) -> None:
         """Advance the active environments by one step (all sub-ticks)."""
-        self.damage_taken[active] = 0.0
-        for _ in range(self.n_subticks):
-            self._subtick(active)
+        self.damage_taken *= ~active[:, None]
+        active_col = active[:, None]
+        for k in range(self.n_subticks):
+            self._subtick(active_col, first=k == 0)
 
-    def _subtick(self, active: np.ndarray) -> None:
+    def _subtick(self, active_col: np.ndarray, first: bool) -> None:
+        """One sub-tick; separation and enemy target choice run on the first of each step."""
         dt = self.dt
-        pos, hp, sh = self.pos, self.hp, self.sh
+        pos, hp = self.pos, self.hp
+        x, y = pos[..., 0], pos[..., 1]
         alive = hp > 0
-        actor = alive & active[:, None]
-        rows, cols = self._rows, self._cols
+        actor = alive & active_col
+        rows, cols, ar = self._rows, self._cols, self._arange
 
-        # 1. pairwise geometry; push overlapping ground units apart.
-        delta = pos[:, None, :, :] - pos[:, :, None, :]  # [B, i, j, 2]: p_j - p_i
-        dist = np.sqrt(np.einsum("bijk,bijk->bij", delta, delta))
-        both = alive[:, :, None] & alive[:, None, :] & self.collide
-        overlap = np.where(both, self.rsum - dist, 0.0)
-        if (overlap > 1e-4).any():
-            overlap = np.maximum(overlap, 0.0) * self.push_share
-            overlap *= active[:, None, None]
-            tiny = dist < 1e-6
-            dirx = np.where(tiny, self.tie_sign, delta[..., 0] / np.maximum(dist, 1e-6))
-            diry = np.where(tiny, 0.0, delta[..., 1] / np.maximum(dist, 1e-6))
-            push = -np.stack([(overlap * dirx).sum(2), (overlap * diry).sum(2)], axis=-1)
-            self._move_units(push.astype(np.float32))
-            delta = pos[:, None, :, :] - pos[:, :, None, :]
-            dist = np.sqrt(np.einsum("bijk,bijk->bij", delta, delta))
-        edge = dist - self.rsum
+        # 1. Pairwise geometry; overlapping ground units are pushed apart (the push is small,
+        #    so this sub-tick keeps using the distances measured before it).
+        dx = x[:, None, :] - x[:, :, None]  # [b, i, j] = x_j - x_i
+        dy = y[:, None, :] - y[:, :, None]
+        dist = np.sqrt(dx * dx + dy * dy)
+        overlap = self.rsum - dist
+        edge = -overlap
+        if first:
+            pushing = (overlap > 1e-3) & (actor[:, :, None] & alive[:, None, :]) & self.collide
+            pb, pi, pj = np.nonzero(pushing)
+        if first and pb.size:
+            d = dist[pb, pi, pj]
+            amount = overlap[pb, pi, pj] * self.push_share[pi, pj]
+            tiny = d < 1e-6
+            ux = np.where(tiny, self.tie_sign[pi, pj], dx[pb, pi, pj] / np.maximum(d, 1e-6))
+            uy = np.where(tiny, 0.0, dy[pb, pi, pj] / np.maximum(d, 1e-6))
+            flat = pb * self.n_units + pi
+            size = self.n_envs * self.n_units
+            push_x = np.bincount(flat, amount * ux, size).reshape(self.n_envs, self.n_units)
+            push_y = np.bincount(flat, amount * uy, size).reshape(self.n_envs, self.n_units)
+            self._move_units(-push_x.astype(np.float32), -push_y.astype(np.float32))
 
-        # 2. enemy AI: keep / retaliate / acquire.
-        cand = self.can_target & alive[:, None, :]
-        if self.is_healer.any():
-            damaged = hp < self.hp_max
-            cand = cand & np.where(self.is_healer[:, None], damaged[:, None, :], True)
+        # 2. Enemy AI: keep the target within the leash, else retaliate against a unit that hit
+        #    it during the previous step, else acquire the nearest target.
+        na = self.na
         tgt = self.target
+        if first:
+            cand = self.enemy_can_target & alive[:, None, :]  # [b, enemy, unit]
+            if self.enemy_healer_rows.size:
+                damaged = alive & (hp < self.hp_max)
+                cand[:, self.enemy_healer_rows] &= damaged[:, None, :]
+            masked = np.where(cand, edge[:, na:], np.inf)
+            tgt_e = self.target[:, na:]
+            has_e = tgt_e >= 0
+            ecols = self._enemy_cols
+            t_dist = masked.take(self._flat_en + np.where(has_e, tgt_e, 0))
+            keep = has_e & (t_dist <= self.leash_range[na:])
+            a_idx = masked.argmin(2)
+            # Units near an engaged teammate join the fight: they acquire within sight range.
+            near_fight = ((edge[:, na:, na:] <= U.HELP_RADIUS) & has_e[:, None, :]).any(2)
+            reach = np.where(near_fight, U.SIGHT_RANGE, self.acquire_range[na:])
+            a_ok = masked.take(self._flat_en + a_idx) <= reach
+            pick = np.where(a_ok, a_idx, -1)
+            if self._hit_any:
+                retaliate = np.where(self.hit_by, masked, np.inf)
+                r_idx = retaliate.argmin(2)
+                r_ok = retaliate.take(self._flat_en + r_idx) <= U.SIGHT_RANGE
+                pick = np.where(r_ok, r_idx, pick)
+                self.hit_by = np.zeros_like(self.hit_by)
+                self._hit_any = False
+            tgt = self.target.copy()
+            tgt[:, na:] = np.where(actor[:, na:] & ~keep, pick, tgt_e)
+
+        # 3. Engagement.
         has = tgt >= 0
         tclip = np.where(has, tgt, 0)
-        ai = (self.mode == AMOVE) & actor
-        if ai.any():
-            t_edge = edge[rows, cols, tclip]
-            keep = has & cand[rows, cols, tclip] & (t_edge <= self.leash_range)
-            masked = np.where(cand, edge, np.inf)
-            retaliate = np.where(self.hit_by & cand, masked, np.inf)
-            r_idx = retaliate.argmin(2)
-            r_ok = retaliate[rows, cols, r_idx] <= U.SIGHT_RANGE
-            a_idx = masked.argmin(2)
-            a_ok = masked[rows, cols, a_idx] <= self.acquire_range
-            new_t = np.where(keep, tgt, np.where(r_ok, r_idx, np.where(a_ok, a_idx, -1)))
-            tgt = np.where(ai, new_t, tgt)
-            self.target = tgt
-            has = tgt >= 0
-            tclip = np.where(has, tgt, 0)
-
-        # 3. engagement.
-        t_alive = has & alive[rows, tclip]
-        engaged = actor & t_alive & ((self.mode == ATTACK) | (self.mode == AMOVE))
-        # Allies whose target died stand still.
-        done = (self.mode == ATTACK) & ~t_alive & actor
-        if done.any():
-            self.mode[done] = IDLE
-            self.target[done] = -1
-        t_edge = edge[rows, cols, tclip]
+        t_alive = has & alive.take(self._flat_b + tclip)
+        mode = self.mode
+        done = (mode == ATTACK) & ~t_alive & has
+        if done.any():  # allies whose target died stand still
+            mode = self.mode = np.where(done, IDLE, mode).astype(np.int8)
+            tgt = np.where(done, -1, tgt)
+        self.target = tgt
+        engaged = actor & t_alive & (mode >= ATTACK)
+        t_edge = edge.take(self._flat_bn + tclip)
         in_range = t_edge <= self.wrange
-        can_hit = self.can_target[self._arange[None, :], tclip]
-        fire = engaged & in_range & can_hit & self.has_weapon & (self.cd < dt)
-        heal = engaged & in_range & self.is_healer
+        fire = engaged & in_range & self.can_shoot.take(self._flat_n + tclip) & (self.cd < dt)
 
-        # 4. damage.
-        onehot = tclip[:, :, None] == self._arange  # [B, i, j]
-        hits = np.where(onehot, (fire * self.hits)[:, :, None], 0.0).astype(np.float32)
-        if self.bane_idx.size:
-            hits[:, self.bane_idx] = 0.0
-            fb = fire[:, self.bane_idx]
-            in_blast = (dist[:, self.bane_idx] - self.radius) <= U.BANELING_SPLASH_RADIUS
-            blast = fb[:, :, None] & in_blast & alive[:, None, :] & self.bane_enemy_mask
-            hits[:, self.bane_idx] = blast
-        if self.lance_idx.size:
-            hits[:, self.lance_idx] += self._lance_hits(fire, tclip, alive)
-        damage_any = hits.any()
-        if damage_any:
-            raw = np.einsum("bij,ij->bj", hits, self.dmg)
-            sh_after = np.maximum(sh - raw, 0.0)
-            through = raw - (sh - sh_after)
-            frac = np.where(raw > 0, through / np.maximum(raw, 1e-6), 0.0)
-            per_hit = np.maximum(frac[:, None, :] * self.dmg - self.armor, 0.5)
-            hp_loss = np.einsum("bij,bij->bj", hits, per_hit) * (frac > 0)
+        # 4. Damage, healing, deaths. Every hit is an event (env, attacker, target, hits, damage).
+        fb, fi = np.nonzero(fire)
+        if fb.size:
+            ft = tclip[fb, fi]
+            n_hits = self.hits[fi]
+            if self.bane_idx.size or self.lance_idx.size:
+                fb, fi, ft, n_hits = self._splash_events(fire, tclip, alive, dist,
+                                                         fb, fi, ft, n_hits)
+            N, size = self.n_units, self.n_envs * self.n_units
+            d = self.dmg[fi, ft]
+            flat = fb * N + ft
+            raw = np.bincount(flat, n_hits * d, size).reshape(self.n_envs, N).astype(np.float32)
+            sh = self.sh
+            absorbed = np.minimum(sh, raw)
+            through = raw - absorbed
+            frac = (through / np.maximum(raw, 1e-6)).ravel()[flat]
+            per_hit = np.maximum(frac * d - self.armor[ft], 0.5) * n_hits * (frac > 0)
+            hp_loss = np.bincount(flat, per_hit, size).reshape(self.n_envs, N).astype(np.float32)
             hp_loss = np.minimum(hp_loss, hp)
-            self.damage_taken += (sh - sh_after) + hp_loss
-            self.sh = sh = sh_after.astype(np.float32)
-            self.hp = hp = (hp - hp_loss).astype(np.float32)
-            took = raw > 0
-            self.since_damage = np.where(took, 0.0, self.since_damage + dt).astype(np.float32)
-            self.hit_by = (hits > 0).transpose(0, 2, 1)
+            self.damage_taken += absorbed + hp_loss
+            self.sh = sh - absorbed
+            self.hp = hp = hp - hp_loss
+            self.since_damage = np.where(raw > 0, np.float32(0.0), self.since_damage + dt)
+            on_enemy = ft >= na
+            if on_enemy.any():
+                self.hit_by[fb[on_enemy], ft[on_enemy] - na, fi[on_enemy]] = True
+                self._hit_any = True
+            if self.bane_idx.size:
+                hp[fire & self.is_bane] = 0.0  # banelings die in their own blast
         else:
             self.since_damage += dt
-            if self.hit_by.any():
-                self.hit_by[:] = False
-        if heal.any():
-            room = np.maximum(self.hp_max - hp, 0.0)[rows, tclip]
-            amount = np.minimum(np.minimum(U.HEAL_HP_PER_S * dt, self.energy * U.HEAL_HP_PER_ENERGY),
-                                room) * heal
-            self.energy = self.energy - amount / U.HEAL_HP_PER_ENERGY
-            gain = np.einsum("bij,bi->bj", onehot.astype(np.float32), amount)
-            self.hp = hp = np.minimum(hp + gain * (hp > 0), self.hp_max)
-        if self.bane_idx.size:
-            exploded = np.zeros_like(fire)
-            exploded[:, self.bane_idx] = fire[:, self.bane_idx]
-            hp[exploded] = 0.0
-        dead = hp <= 0
-        sh[dead] = 0.0
-        self.cd = np.where(fire, self.cd + self.cd_max - dt,
-                           np.maximum(self.cd - dt, 0.0)).astype(np.float32)
-        regen = (self.since_damage >= U.SHIELD_REGEN_DELAY_S) & ~dead & active[:, None]
-        if self.sh_max.any():
-            self.sh = np.where(regen, np.minimum(sh + U.SHIELD_REGEN_PER_S * dt, self.sh_max), sh)
-        if self.is_healer.any():
-            self.energy = np.where(actor & self.is_healer,
-                                   np.minimum(self.energy + U.ENERGY_REGEN_PER_S * dt, U.ENERGY_MAX),
+        if self.healer_rows.size:
+            heal = engaged & in_range & self.is_healer
+            if heal.any():
+                room = np.maximum(self.hp_max - hp, 0.0)[rows, tclip]
+                amount = np.minimum(np.minimum(U.HEAL_HP_PER_S * dt,
+                                               self.energy * U.HEAL_HP_PER_ENERGY), room) * heal
+                self.energy = self.energy - amount / U.HEAL_HP_PER_ENERGY
+                gain = np.zeros_like(hp)
+                np.add.at(gain, (np.broadcast_to(rows, tclip.shape), tclip), amount)
+                self.hp = hp = np.minimum(hp + gain * (hp > 0), self.hp_max)
+            regen_energy = np.minimum(self.energy + U.ENERGY_REGEN_PER_S * dt, U.ENERGY_MAX)
+            self.energy = np.where(actor & self.is_healer, regen_energy,
                                    self.energy).astype(np.float32)
+        alive_now = hp > 0
+        self.cd = np.where(fire, self.cd + self.cd_max - dt, np.maximum(self.cd - dt, 0.0))
+        if self.has_shields:
+            sh = self.sh * alive_now
+            regen = (self.since_damage >= U.SHIELD_REGEN_DELAY_S) & actor
+            self.sh = np.where(regen, np.minimum(sh + U.SHIELD_REGEN_PER_S * dt, self.sh_max), sh)
 
-        # 5. movement.
-        actor = actor & ~dead
-        chase = engaged & ~in_range & ~dead
-        free_walk = actor & ((self.mode == MOVE) | ((self.mode == AMOVE) & ~has))
-        moving = (chase | free_walk) & (self.speed > 0)
+        # 5. Movement.
+        chase = engaged & ~in_range
+        walk = (mode == MOVE) | (self.is_enemy & ~has)
+        moving = (chase | (actor & walk)) & self.mobile & alive_now
         if not moving.any():
             return
-        tpos = pos[rows, tclip]
-        goal = np.where(chase[..., None], tpos, self.goal)
-        vec = goal - pos
-        length = np.sqrt((vec * vec).sum(-1))
+        flat_t = self._flat_b + tclip
+        gx = np.where(chase, x.take(flat_t), self.goal[..., 0])
+        gy = np.where(chase, y.take(flat_t), self.goal[..., 1])
+        vx = gx - x
+        vy = gy - y
+        length = np.sqrt(vx * vx + vy * vy)
         limit = np.where(chase, t_edge - self.wrange + 0.01, length)
-        stride = np.minimum(self.speed * dt, np.maximum(limit, 0.0))
+        stride = np.minimum(self.stride_max, np.maximum(limit, 0.0)) * moving
         if self.has_terrain:
-            vec = self._waypoint_vectors(pos, goal, vec, length)
-            length = np.sqrt((vec * vec).sum(-1))
-        step = vec * (stride * moving / np.maximum(length, 1e-6))[..., None]
-        arrived = (self.mode == MOVE) & moving & (length <= self.speed * dt)
-        self._move_units(step.astype(np.float32))
+            vx, vy = self._waypoint_vectors(x, y, gx, gy, vx, vy, length)
+            scale = stride / np.maximum(np.sqrt(vx * vx + vy * vy), 1e-6)
+        else:
+            scale = stride / np.maximum(length, 1e-6)
+        arrived = moving & (mode == MOVE) & (length <= self.stride_max)
+        self._move_units(vx * scale, vy * scale)
         if arrived.any():
-            self.mode[arrived] = IDLE
+            self.mode = np.where(arrived, IDLE, mode).astype(np.int8)
 
-    def _lance_hits(self, fire, tclip, alive) -> np.ndarray:
-        """Extra hits ``[B, n_colossi, N]`` of colossus lances on units near the line."""
-        li = self.lance_idx
-        rows = self._rows
-        p_c = self.pos[:, li]  # [B, C, 2]
-        t = tclip[:, li]
-        p_t = self.pos[rows, t]
-        d = p_t - p_c
-        d /= np.maximum(np.sqrt((d * d).sum(-1, keepdims=True)), 1e-6)
-        rel = self.pos[:, None, :, :] - p_t[:, :, None, :]  # [B, C, N, 2]
-        along = np.abs(rel[..., 0] * d[..., None, 0] + rel[..., 1] * d[..., None, 1])
-        across = np.abs(rel[..., 0] * d[..., None, 1] - rel[..., 1] * d[..., None, 0])
-        near = (along <= self.radius + U.LANCE_HALF_WIDTH) & (across <= U.LANCE_HALF_LENGTH)
-        not_target = t[:, :, None] != self._arange
-        hit = fire[:, li, None] & near & not_target & alive[:, None, :] & self.lance_enemy_mask
-        return hit * self.hits[li][None, :, None]
+    def _splash_events(self, fire, tclip, alive, dist, fb, fi, ft, n_hits):
+        """Replace baneling hits by their blast and add colossus lance hits (as hit events)."""
+        parts_b, parts_i, parts_t, parts_n = [], [], [], []
+        if self.bane_idx.size:
+            main = ~self.is_bane[fi]
+            fb, fi, ft, n_hits = fb[main], fi[main], ft[main], n_hits[main]
+            bi = self.bane_idx
+            in_blast = (dist[:, bi] - self.radius) <= U.BANELING_SPLASH_RADIUS
+            blast = fire[:, bi, None] & in_blast & alive[:, None, :] & self.bane_enemy_mask
+            b, k, j = np.nonzero(blast)
+            parts_b.append(b), parts_i.append(bi[k]), parts_t.append(j)
+            parts_n.append(np.ones(b.size, np.float32))
+        if self.lance_idx.size:
+            li = self.lance_idx
+            rows = self._rows
+            p_c = self.pos[:, li]  # [B, C, 2]
+            t = tclip[:, li]
+            p_t = self.pos[rows, t]
+            u = p_t - p_c
+            u /= np.maximum(np.sqrt((u * u).sum(-1, keepdims=True)), 1e-6)
+            rel = self.pos[:, None, :, :] - p_t[:, :, None, :]  # [B, C, N, 2]
+            along = np.abs(rel[..., 0] * u[..., None, 0] + rel[..., 1] * u[..., None, 1])
+            across = np.abs(rel[..., 0] * u[..., None, 1] - rel[..., 1] * u[..., None, 0])
+            near = (along <= self.radius + U.LANCE_HALF_WIDTH) & (across <= U.LANCE_HALF_LENGTH)
+            not_target = t[:, :, None] != self._arange
+            hit = fire[:, li, None] & near & not_target & alive[:, None, :] \
+                & self.lance_enemy_mask
+            b, k, j = np.nonzero(hit)
+            parts_b.append(b), parts_i.append(li[k]), parts_t.append(j)
+            parts_n.append(self.hits[li[k]])
+        return (np.concatenate([fb] + parts_b), np.concatenate([fi] + parts_i),
+                np.concatenate([ft] + parts_t), np.concatenate([n_hits] + parts_n))
 
-    def _waypoint_vectors(self, pos, goal, vec, length) -> np.ndarray:
+    def _waypoint_vectors(self, x, y, gx, gy, vx, vy, length):
         """Direction of travel on maps with terrain: toward the flow-field waypoint."""
         h = self.height
-        cell = self._cell_index(pos)
-        gcell = self._cell_index(goal)
-        out = vec
+        cell = self._cell_index(x, y)
+        gcell = self._cell_index(gx, gy)
         for flow, mask in ((self.flow_ground, ~self.unit_cliff & ~self.is_air),
                            (self.flow_cliff, self.unit_cliff)):
             if flow is None or not mask.any():
                 continue
             wp = flow.next_cell[gcell, cell]
-            wp_pos = np.stack([wp // h + 0.5, wp % h + 0.5], axis=-1).astype(np.float32)
-            direct = (wp == cell) | (length < 1.5) | (wp == gcell)
-            use = mask & ~direct
-            out = np.where(use[..., None], wp_pos - pos, out)
-        return out
+            use = mask & (wp != cell) & (wp != gcell) & (length >= 1.5)
+            vx = np.where(use, wp // h + 0.5 - x, vx)
+            vy = np.where(use, wp % h + 0.5 - y, vy)
+        return vx, vy
 
-    def _cell_index(self, p: np.ndarray) -> np.ndarray:
-        ix = np.clip(p[..., 0].astype(np.int64), 0, self.width - 1)
-        iy = np.clip(p[..., 1].astype(np.int64), 0, self.height - 1)
+    def _cell_index(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        ix = np.clip(x.astype(np.int64), 0, self.width - 1)
+        iy = np.clip(y.astype(np.int64), 0, self.height - 1)
         return ix * self.height + iy
 
     def passable_at(self, p: np.ndarray, cliff_walker: np.ndarray,
@@ -420,25 +484,26 @@ class CombatEngine:
             ok = ok | air
         return inside & ok
 
-    def _move_units(self, step: np.ndarray) -> None:
+    def _move_units(self, step_x: np.ndarray, step_y: np.ndarray) -> None:
         """Apply displacements, sliding along walls on terrain maps and clamping to the map."""
         pos = self.pos
-        new = pos + step
+        x, y = pos[..., 0], pos[..., 1]
+        nx = x + step_x
+        ny = y + step_y
         if self.has_terrain:
-            ok = self.passable_at(new, self.unit_cliff, self.is_air)
+            ok = self._walkable(nx, ny)
             if not ok.all():
-                alt_x = new.copy()
-                alt_x[..., 1] = pos[..., 1]
-                alt_y = new.copy()
-                alt_y[..., 0] = pos[..., 0]
-                ok_x = self.passable_at(alt_x, self.unit_cliff, self.is_air)
-                ok_y = self.passable_at(alt_y, self.unit_cliff, self.is_air)
-                # Prefer sliding along the axis with the larger displacement.
-                x_first = np.abs(step[..., 0]) >= np.abs(step[..., 1])
-                slide = np.where((ok_x & x_first)[..., None] | (ok_x & ~ok_y)[..., None],
-                                 alt_x, alt_y)
-                new = np.where(ok[..., None], new,
-                               np.where((ok_x | ok_y)[..., None], slide, pos))
-        np.clip(new[..., 0], 0.01, self.width - 0.01, out=new[..., 0])
-        np.clip(new[..., 1], 0.01, self.height - 0.01, out=new[..., 1])
-        self.pos[...] = new
+                ok_x = self._walkable(nx, y)  # slide along x only
+                ok_y = self._walkable(x, ny)  # slide along y only
+                prefer_x = ok_x & (~ok_y | (np.abs(step_x) >= np.abs(step_y)))
+                nx = np.where(ok | prefer_x, nx, x)
+                ny = np.where(ok | (ok_y & ~prefer_x), ny, y)
+        np.minimum(np.maximum(nx, 0.01, out=nx), self.width - 0.01, out=x)
+        np.minimum(np.maximum(ny, 0.01, out=ny), self.height - 0.01, out=y)
+
+    def _walkable(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        ix = np.clip(x.astype(np.int64), 0, self.width - 1)
+        iy = np.clip(y.astype(np.int64), 0, self.height - 1)
+        inside = (x >= 0) & (x < self.width) & (y >= 0) & (y < self.height)
+        return inside & (self.walk_any[ix, iy] | (self.unit_cliff & self.pass_cliff[ix, iy])
+                         | self.is_air)

@@ -131,6 +131,9 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         self._last_action = np.zeros((B, na, self.n_actions), np.float32)
         self._heur_target = np.full((B, na), -1, np.int64)
         self._eye = np.eye(self.n_actions, dtype=np.float32)
+        self._fighter = ~e.is_healer
+        self._rows = np.arange(B)[:, None]
+        self._agent_cols = np.arange(na)[None, :]
         self._avail: Optional[np.ndarray] = None
         self._obs: Optional[np.ndarray] = None
         self.battles_won = self.battles_game = self.battles_draw = self.timeouts = 0
@@ -178,6 +181,7 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
     def _invalidate(self) -> None:
         self._avail = None
         self._obs = None
+        self.features.invalidate()
 
     # ------------------------------------------------------------------ step
     def step(self, actions, active: Optional[np.ndarray] = None) -> BatchedStep:
@@ -205,8 +209,8 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         total0 = e.hp + e.sh
         e.issue_agent_orders(actions, active, float(self.opts["move_amount"]))
         e.advance(active)
-        self._steps[active] += 1
-        self._last_action[active] = self._eye[actions[active]]
+        self._steps += active
+        self._last_action = np.where(active[:, None, None], self._eye[actions], self._last_action)
 
         alive1 = e.hp > 0
         total1 = e.hp + e.sh
@@ -214,9 +218,9 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         lost = np.where(alive0, total0 - total1, 0.0)
         reward = self._reward(lost, died)
 
-        healer = e.is_healer
-        allies_left = (alive1[:, :na] & ~healer[:na]).any(1)
-        enemies_left = (alive1[:, na:] & ~healer[na:]).any(1)
+        # Medivacs alone do not keep a team in the battle.
+        allies_left = (alive1[:, :na] & self._fighter[:na]).any(1)
+        enemies_left = (alive1[:, na:] & self._fighter[na:]).any(1)
         won = active & allies_left & ~enemies_left
         lost_battle = active & ~allies_left & enemies_left
         draw = active & ~allies_left & ~enemies_left
@@ -233,11 +237,12 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         reward = np.where(active, reward, 0.0).astype(np.float32)
 
         ended = terminated | timeout
-        self._ended |= ended
-        self.battles_game += int(ended.sum())
-        self.battles_won += int(won.sum())
-        self.battles_draw += int(draw.sum())
-        self.timeouts += int(timeout.sum())
+        if ended.any():
+            self._ended |= ended
+            self.battles_game += int(ended.sum())
+            self.battles_won += int(won.sum())
+            self.battles_draw += int(draw.sum())
+            self.timeouts += int(timeout.sum())
 
         extra: Dict[str, np.ndarray] = {}
         if o["flag_invalid_steps"]:
@@ -245,8 +250,8 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
             all_stop = ((actions == 1) | ~live).all(1) & live.any(1)
             hurt = (e.damage_taken[:, :na] > 0).any(1)
             extra["invalid"] = active & all_stop & hurt
-        dead_allies = np.where(active, (~alive1[:, :na]).sum(1), 0)
-        dead_enemies = np.where(active, (~alive1[:, na:]).sum(1), 0)
+        dead_allies = (~alive1[:, :na]).sum(1) * active
+        dead_enemies = (~alive1[:, na:]).sum(1) * active
         self._invalidate()
         if o["debug"]:
             log.debug("actions=%s reward=%s terminated=%s timeout=%s", actions.tolist(),
@@ -269,9 +274,9 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
     def _check_actions(self, actions: np.ndarray, active: np.ndarray) -> None:
         avail = self.get_avail_actions()
         in_range = (actions >= 0) & (actions < self.n_actions)
-        clipped = np.clip(actions, 0, self.n_actions - 1)
-        ok = in_range & np.take_along_axis(avail, clipped[..., None], axis=2)[..., 0]
-        bad = active[:, None] & ~ok
+        clipped = np.where(in_range, actions, 0)
+        ok = in_range & avail[self._rows, self._agent_cols, clipped]
+        bad = ~ok & active[:, None]
         if bad.any():
             b, i = np.argwhere(bad)[0]
             raise ValueError(
@@ -322,11 +327,21 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         pass
 
     # ------------------------------------------------------------------ scripted policy
+    def get_rng_state(self) -> list:
+        """The random-number state of every environment (plain Python values, for checkpoints)."""
+        return [rng.bit_generator.state for rng in self._rngs]
+
+    def set_rng_state(self, states: list) -> None:
+        if len(states) != len(self._rngs):
+            raise ValueError(f"got random states for {len(states)} environments, expected {len(self._rngs)}")
+        for rng, state in zip(self._rngs, states):
+            rng.bit_generator.state = state
+
     def heuristic_actions(self) -> np.ndarray:
         """SMAC's scripted "focus the nearest enemy" policy, int ``[n_envs, n_agents]``.
 
-        Each agent keeps a target until it dies, choosing the nearest alive enemy when it needs
-        a new one; it attacks when the attack is available, else moves toward the target.
+        All agents focus one enemy (the alive enemy nearest to the team's centre), kept until it
+        dies; an agent attacks it when the attack is available, else moves toward it.
         Medivacs heal the nearest damaged ally, else follow the nearest ally.
         """
         e, na, ne = self.engine, self.n_agents, self.n_enemies
@@ -335,12 +350,21 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         alive = e.hp > 0
         rel = e.pos[:, None, :, :] - e.pos[:, :na, None, :]  # [B, na, N, 2]
         dist = np.sqrt((rel * rel).sum(-1))
-        # Fighters: sticky nearest enemy.
-        d_en = np.where(alive[:, None, na:], dist[:, :, na:], np.inf)
-        tgt = self._heur_target
-        keep = (tgt >= 0) & alive[rows, na + np.maximum(tgt, 0)]
-        nearest = d_en.argmin(2)
-        tgt = np.where(keep, tgt, np.where(np.isfinite(d_en.min(2)), nearest, -1))
+        # Fighters: the whole team focuses one enemy, the one nearest to the team's centre,
+        # and keeps it until it dies.
+        alive_a = alive[:, :na]
+        centre = (e.pos[:, :na] * alive_a[..., None]).sum(1) / np.maximum(
+            alive_a.sum(1), 1)[:, None]
+        gap = e.pos[:, na:] - centre[:, None, :]
+        # Air units (medivacs) are left out when choosing the team's focus: not every unit can
+        # shoot them.
+        focusable = alive[:, na:] & ~e.is_air[na:]
+        d_en = np.where(focusable, np.sqrt((gap * gap).sum(-1)), np.inf)  # [B, ne]
+        tgt = self._heur_target[:, 0]
+        keep = (tgt >= 0) & focusable[rows[:, 0], np.maximum(tgt, 0)]
+        nearest = d_en.argmin(1)
+        tgt = np.where(keep, tgt, np.where(np.isfinite(d_en.min(1)), nearest, -1))
+        tgt = np.broadcast_to(tgt[:, None], (self.n_envs, na))
         target_unit = np.where(tgt >= 0, tgt + na, -1)
         want_attack = tgt >= 0
         approach_ok = np.ones_like(want_attack)

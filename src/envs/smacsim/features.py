@@ -84,7 +84,13 @@ class FeatureBuilder:
         self.surround_offsets = np.array(
             [[0, 2 * ma], [0, -2 * ma], [2 * ma, 0], [-2 * ma, 0],
              [ma, ma], [-ma, -ma], [ma, -ma], [-ma, ma]], np.float32)
-        self.cooldown_scale = (U.GAME_LOOPS_PER_SECOND / engine.max_cd_loops[:na]).astype(np.float32)
+        self._geom = None
+        self._ar_col = np.arange(na)[:, None]
+        self.ally_onehot_others = [self.ally_onehot[:, k][self.others] for k in range(self.bits)]
+        self.inv_sh_max = np.where(engine.sh_max > 0, 1.0 / np.maximum(engine.sh_max, 1e-6),
+                                   0.0).astype(np.float32)
+        self.cooldown_scale = (U.GAME_LOOPS_PER_SECOND
+                               / engine.max_cd_loops[:na]).astype(np.float32)
 
     # ------------------------------------------------------------------ avail
     def avail_actions(self) -> np.ndarray:
@@ -114,9 +120,20 @@ class FeatureBuilder:
         return avail
 
     def _agent_dist(self) -> np.ndarray:
-        e = self.e
-        rel = e.pos[:, None, :, :] - e.pos[:, :self.na, None, :]  # [B, na, N, 2]
-        return np.sqrt((rel * rel).sum(-1))
+        return self._geometry()[2]
+
+    def _geometry(self):
+        """(dx, dy, dist) from every agent to every unit, ``[B, n_agents, N]``, cached until
+        the engine's positions change (``invalidate``)."""
+        if self._geom is None:
+            x, y = self.e.pos[..., 0], self.e.pos[..., 1]
+            dx = x[:, None, :] - x[:, :self.na, None]
+            dy = y[:, None, :] - y[:, :self.na, None]
+            self._geom = (dx, dy, np.sqrt(dx * dx + dy * dy))
+        return self._geom
+
+    def invalidate(self) -> None:
+        self._geom = None
 
     # ------------------------------------------------------------------ obs
     def observations(self, avail: np.ndarray, last_action: np.ndarray,
@@ -126,84 +143,66 @@ class FeatureBuilder:
         B = e.n_envs
         alive = e.hp > 0
         alive_a = alive[:, :na]
-        obs = np.zeros((B, na, self.obs_dim), dtype=np.float32)
-        rel = (e.pos[:, None, :, :] - e.pos[:, :na, None, :]) * np.float32(1.0 / U.SIGHT_RANGE)
-        dist = np.sqrt((rel * rel).sum(-1))  # already / sight range
+        inv_sight = np.float32(1.0 / U.SIGHT_RANGE)
+        dx, dy, dist = self._geometry()
+        dx, dy, dist = dx * inv_sight, dy * inv_sight, dist * inv_sight
         visible = (dist < 1.0) & alive[:, None, :] & alive_a[..., None]
         hp_frac = e.hp / e.hp_max
-        sh_frac = np.where(e.sh_max > 0, e.sh / np.maximum(e.sh_max, 1e-6), 0.0)
+        sh_frac = e.sh * self.inv_sh_max
 
-        col = 0
-        obs[:, :, 0:4] = avail[:, :, 2:6]
-        col = 4
+        parts = [avail[:, :, 2:6].astype(np.float32)]
         if f.obs_pathing_grid or f.obs_terrain_height:
             cells = np.floor(e.pos[:, :na]).astype(np.float32)
             if f.obs_pathing_grid:
                 pts = cells[:, :, None, :] + self.surround_offsets
-                obs[:, :, col:col + 8] = e.passable_at(pts, e.unit_cliff[:na, None],
-                                                       e.is_air[:na, None])
-                col += 8
+                parts.append(e.passable_at(pts, e.unit_cliff[:na, None],
+                                           e.is_air[:na, None]).astype(np.float32))
             if f.obs_terrain_height:
                 pts = np.concatenate([cells[:, :, None, :] + self.surround_offsets,
                                       cells[:, :, None, :]], axis=2)
-                obs[:, :, col:col + 9] = self._heights(pts)
-                col += 9
+                parts.append(self._heights(pts).astype(np.float32))
 
-        # Enemies.
-        en = np.zeros((B, na, ne, self.nf_en), dtype=np.float32)
-        en[..., 0] = avail[:, :, 6:6 + ne] * ~self.is_healer[None, :, None]
-        en[..., 1] = dist[:, :, na:]
-        en[..., 2:4] = rel[:, :, na:]
-        c = 4
+        # Enemies: [B, na, ne, nf_en].
+        shape = (B, na, ne)
+        cols = [avail[:, :, 6:6 + ne] & ~self.is_healer[None, :, None],
+                dist[:, :, na:], dx[:, :, na:], dy[:, :, na:]]
         if f.obs_all_health:
-            en[..., c] = hp_frac[:, None, na:]
-            c += 1
+            cols.append(np.broadcast_to(hp_frac[:, None, na:], shape))
             if self.shield_e:
-                en[..., c] = sh_frac[:, None, na:]
-                c += 1
-        if self.bits:
-            en[..., c:c + self.bits] = self.enemy_onehot
+                cols.append(np.broadcast_to(sh_frac[:, None, na:], shape))
+        cols += [np.broadcast_to(c, shape) for c in self.enemy_onehot.T]
+        en = np.stack(cols, axis=-1).astype(np.float32, copy=False)
         en *= visible[:, :, na:, None]
-        obs[:, :, col:col + ne * self.nf_en] = en.reshape(B, na, -1)
-        col += ne * self.nf_en
+        parts.append(en.reshape(B, na, -1))
 
-        # Other allies.
+        # Other allies, in id order: [B, na, na-1, nf_al].
         if na > 1:
-            ar = np.arange(na)[:, None]
-            al = np.zeros((B, na, na - 1, self.nf_al), dtype=np.float32)
-            al[..., 0] = 1.0
-            al[..., 1] = dist[:, ar, self.others]
-            al[..., 2:4] = rel[:, ar, self.others]
-            c = 4
+            ar, oth = self._ar_col, self.others
+            shape = (B, na, na - 1)
+            cols = [np.ones(shape, np.float32), dist[:, ar, oth], dx[:, ar, oth], dy[:, ar, oth]]
             if f.obs_all_health:
-                al[..., c] = hp_frac[:, self.others]
-                c += 1
+                cols.append(hp_frac[:, oth])
                 if self.shield_a:
-                    al[..., c] = sh_frac[:, self.others]
-                    c += 1
-            if self.bits:
-                al[..., c:c + self.bits] = self.ally_onehot[self.others]
-                c += self.bits
+                    cols.append(sh_frac[:, oth])
+            cols += [np.broadcast_to(c, shape) for c in self.ally_onehot_others]
+            al = np.stack(cols, axis=-1)
             if f.obs_last_action:
-                al[..., c:c + self.n_actions] = last_action[:, self.others]
-            al *= visible[:, ar, self.others][..., None]
-            obs[:, :, col:col + (na - 1) * self.nf_al] = al.reshape(B, na, -1)
-            col += (na - 1) * self.nf_al
+                al = np.concatenate([al, last_action[:, oth]], axis=-1)
+            al *= visible[:, ar, oth][..., None]
+            parts.append(al.reshape(B, na, -1))
 
         # Own features.
+        own = []
         if f.obs_own_health:
-            obs[:, :, col] = hp_frac[:, :na]
-            col += 1
+            own.append(hp_frac[:, :na])
             if self.shield_a:
-                obs[:, :, col] = sh_frac[:, :na]
-                col += 1
-        if self.bits:
-            obs[:, :, col:col + self.bits] = self.ally_onehot
-            col += self.bits
+                own.append(sh_frac[:, :na])
+        own += [np.broadcast_to(c, (B, na)) for c in self.ally_onehot.T]
         if f.obs_timestep_number:
-            obs[:, :, col] = (steps / self.episode_limit)[:, None]
-            col += 1
-        assert col == self.obs_dim
+            own.append(np.broadcast_to((steps / self.episode_limit)[:, None], (B, na)))
+        if own:
+            parts.append(np.stack(own, axis=-1))
+        obs = np.concatenate(parts, axis=-1, dtype=np.float32)
         obs *= alive_a[..., None]
         return obs
 

@@ -4,8 +4,9 @@ Layout facts (32 x 32 playable area, allies around (9, 16), enemies around (23, 
 attack-moving to the allies' spawn) follow the public SC2-free re-implementations; the terrain of
 ``corridor`` and ``2c_vs_64zg`` is our own simple grid that keeps each map's tactical point:
 
-* ``corridor``: two rooms joined by a corridor 4 cells wide; 6 zealots can hold the choke
-  against 24 zerglings, but lose in the open.
+* ``corridor``: open ground with a dead-end corridor 2 cells wide behind the zealots' spawn;
+  6 zealots that fight in the open are surrounded by 24 zerglings, zealots that fall back into
+  the corridor face a few at a time.
 * ``2c_vs_64zg``: a band of cliffs splits the map; colossi walk over cliffs, zerglings must run
   around through the ramps at both ends.
 
@@ -94,17 +95,15 @@ class MapSpec:
 
 def _corridor_terrain(w: int, h: int) -> np.ndarray:
     grid = np.zeros((w, h), dtype=np.uint8)
-    grid[1:12, 4:28] = TERRAIN_GROUND  # allies' room
-    grid[12:20, 14:18] = TERRAIN_GROUND  # the corridor, 4 cells wide
-    grid[20:31, 4:28] = TERRAIN_GROUND  # zerglings' room
+    grid[10:31, 2:30] = TERRAIN_GROUND  # open ground where the zerglings can surround
+    grid[1:10, 15:17] = TERRAIN_GROUND  # dead-end corridor, 2 cells wide, behind the zealots
     return grid
 
 
 def _ravine_terrain(w: int, h: int) -> np.ndarray:
     grid = np.full((w, h), TERRAIN_GROUND, dtype=np.uint8)
-    grid[:, 13:16] = TERRAIN_CLIFF  # cliff band; colossi cross it, zerglings go round
-    grid[0:3, 13:16] = TERRAIN_GROUND  # west ramp
-    grid[w - 3:w, 13:16] = TERRAIN_GROUND  # east ramp
+    grid[6:w - 6, 14:16] = TERRAIN_CLIFF  # cliff band; colossi cross it, zerglings go round
+
     return grid
 
 
@@ -116,7 +115,8 @@ _A, _E = (9.0, 16.0), (23.0, 16.0)
 def _std(name, limit, allies, enemies, type_order, bits, map_type) -> MapSpec:
     return MapSpec(
         name=name, episode_limit=limit, type_order=tuple(type_order), unit_type_bits=bits,
-        ally_groups=(SpawnGroup(_A, tuple(allies)),), enemy_groups=(SpawnGroup(_E, tuple(enemies)),),
+        ally_groups=(SpawnGroup(_A, tuple(allies)),),
+        enemy_groups=(SpawnGroup(_E, tuple(enemies)),),
         attack_point=_A, map_type=map_type,
     )
 
@@ -170,9 +170,9 @@ MAPS: Dict[str, MapSpec] = {
         MapSpec(
             name="corridor", episode_limit=400, type_order=("zealot", "zergling"),
             unit_type_bits=0,
-            ally_groups=(SpawnGroup((6.0, 16.0), (("zealot", 6),)),),
-            enemy_groups=(SpawnGroup((26.0, 16.0), (("zergling", 24),)),),
-            attack_point=(6.0, 16.0), map_type="zealots", terrain_name="corridor",
+            ally_groups=(SpawnGroup((13.5, 15.5), (("zealot", 6),)),),
+            enemy_groups=(SpawnGroup((27.0, 16.0), (("zergling", 24),)),),
+            attack_point=(13.5, 15.5), map_type="zealots", terrain_name="corridor",
         ),
         _std("so_many_baneling", 100, [("zealot", 7)], [("baneling", 32)],
              ["zealot", "baneling"], 0, "zealots"),

@@ -25,8 +25,11 @@ HEAL_HP_PER_ENERGY = 3.0
 
 # Extra reach (beyond the weapon range) within which an attack-moving enemy acquires a target
 # and keeps chasing it. StarCraft II units scan a little beyond their weapon range.
-ACQUIRE_EXTRA_RANGE = 0.5
+ACQUIRE_EXTRA_RANGE = 0.0
 MIN_ACQUIRE_RANGE = 5.0
+# An enemy unit within this edge distance of a teammate that has a target joins the fight: it
+# acquires targets within SIGHT_RANGE instead of its own acquisition range.
+HELP_RADIUS = 4.0
 BANELING_SPLASH_RADIUS = 2.2
 # Colossus thermal lances: a line through the target, perpendicular to the shot, of this half
 # length; a unit is hit if it is within its own radius plus LANCE_HALF_WIDTH of that line.

@@ -1,0 +1,485 @@
+"""Running a sweep's runs: run folders, claims, status files, and the local and Ray backends.
+
+Each run owns ``<sweep folder>/runs/<run id>/``:
+
+* ``claim.json``: created with ``O_CREAT | O_EXCL`` by the process that executes the run (host,
+  pid), removed when it is done. A claim whose pid is dead on this host is stale and reclaimed;
+  a claim from another host is respected (that host may still be running it).
+* ``status.json``: ``{state: running|finished|failed, error, command, host, pid, started, ended,
+  duration_s, attempt}``, replaced atomically.
+* ``run_spec.json``: the run's variant, map, seed and overrides.
+* ``sacred/<id>/``: sacred's FileStorageObserver (``run.json``, ``metrics.json``, ...), and
+  ``stdout.log`` / ``stderr.log`` of the training process.
+
+A run is finished when its status says so and sacred's ``run.json`` says COMPLETED. Re-running a
+sweep skips finished runs, skips (and reports) failed ones unless asked to retry them, and reruns
+runs that were interrupted (status ``running`` with no live claim).
+
+The executor (``execute_run(run_spec) -> None``, raising on failure) is injectable: the default
+runs the real command line in a fresh interpreter, tests pass a fake one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from qmixlab.ablations.sweep import RunSpec, atomic_write_text, build_command
+
+STATUS_FILE = "status.json"
+CLAIM_FILE = "claim.json"
+SPEC_FILE = "run_spec.json"
+LOCK_FILE = ".claims.lock"
+# Each run's torch/BLAS use one thread, so a pool of (cores // THREADS_PER_RUN) runs fills the machine.
+THREADS_PER_RUN = 1
+THREAD_ENV = {name: str(THREADS_PER_RUN) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+ERROR_TAIL_LINES = 20
+# A claim file that is still empty after this long belongs to a writer that died mid-creation.
+UNREADABLE_CLAIM_GRACE_S = 60.0
+# Files and folders of one attempt (a retry starts from none of them).
+ATTEMPT_OUTPUTS = ("sacred", "models", "tb_logs", "stdout.log", "stderr.log")
+
+Executor = Callable[[RunSpec], None]
+
+
+class RunFailed(RuntimeError):
+    """The training process failed; the message holds the end of its stderr."""
+
+
+class AblationError(RuntimeError):
+    """A sweep cannot proceed (bad arguments, missing optional dependency)."""
+
+
+# --------------------------------------------------------------------------- small helpers
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def now_iso(timestamp: Optional[float] = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() if timestamp is None else timestamp))
+
+
+def read_json(path) -> Optional[dict]:
+    """The JSON object in ``path``; None if it is missing or not (yet) valid JSON."""
+    try:
+        with open(path) as handle:
+            value = json.load(handle)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json(path, value: dict) -> None:
+    atomic_write_text(path, json.dumps(value, indent=1, sort_keys=False) + "\n")
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """Start time of ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, start_time: Optional[str] = None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if start_time is not None:
+        current = process_start_time(pid)
+        if current is not None and current != start_time:
+            return False  # the pid was reused by another process
+    return True
+
+
+def default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // THREADS_PER_RUN)
+
+
+def _bind_to_parent() -> None:
+    """Linux: this process gets SIGTERM when its parent dies, so a killed sweep leaves no orphan
+    training processes (their runs are then rerun as interrupted)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+# --------------------------------------------------------------------------- sacred's files
+def sacred_run_dir(run_dir) -> Optional[Path]:
+    """The latest sacred run folder (``sacred/<id>/``) of a run, if any."""
+    root = Path(run_dir) / "sacred"
+    if not root.is_dir():
+        return None
+    ids = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
+    return root / str(max(ids)) if ids else None
+
+
+def sacred_status(run_dir) -> Optional[str]:
+    folder = sacred_run_dir(run_dir)
+    info = read_json(folder / "run.json") if folder else None
+    return info.get("status") if info else None
+
+
+# --------------------------------------------------------------------------- claims
+@contextlib.contextmanager
+def _host_lock(lock_path):
+    """Serialises stale-claim removal among this host's processes (claims of other hosts are
+    never removed, so a host-local lock is enough)."""
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _create_claim(path: Path, claim: dict) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        json.dump(claim, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def claim_is_live(claim_path) -> Optional[dict]:
+    """The holder of a live claim on the run, or None when there is no claim or a stale one."""
+    claim_path = Path(claim_path)
+    if not claim_path.exists():
+        return None
+    holder = read_json(claim_path)
+    if holder is None:
+        try:
+            age = time.time() - claim_path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return None if age > UNREADABLE_CLAIM_GRACE_S else {"host": "?", "pid": None, "note": "claim being written"}
+    if holder.get("host") != host_name():
+        return holder  # another machine: it may well be running this run
+    return holder if pid_alive(int(holder["pid"]), holder.get("pid_start")) else None
+
+
+def claim_run(run_dir, lock_path):
+    """Claim ``run_dir`` for this process: ``(claim, None)`` on success, ``(None, holder)`` when
+    a live process (here or on another host) holds it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CLAIM_FILE
+    mine = {"host": host_name(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
+            "claimed": now_iso(), "token": uuid.uuid4().hex}
+    if _create_claim(path, mine):
+        return mine, None
+    with _host_lock(lock_path):
+        holder = claim_is_live(path)
+        if holder is not None:
+            return None, holder
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # stale: its process died (or an unreadable leftover)
+        if _create_claim(path, mine):
+            return mine, None
+        return None, read_json(path) or {"host": "?", "pid": None}
+
+
+def release_claim(run_dir, claim: dict) -> None:
+    path = Path(run_dir) / CLAIM_FILE
+    holder = read_json(path)
+    if holder is not None and holder.get("token") == claim["token"]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+# --------------------------------------------------------------------------- run states
+FINISHED, FAILED, RUNNING, INTERRUPTED, PENDING = "finished", "failed", "running", "interrupted", "pending"
+
+
+@dataclass
+class RunState:
+    state: str  # finished | failed | running | interrupted | pending
+    detail: str = ""
+    status: Optional[dict] = None
+
+
+def run_state(run_dir, check_claim: bool = True) -> RunState:
+    """What a run folder says about its run (``pending``: nothing yet, or no folder at all)."""
+    run_dir = Path(run_dir)
+    if check_claim:
+        holder = claim_is_live(run_dir / CLAIM_FILE)
+        if holder is not None:
+            return RunState(RUNNING, f"claimed by host {holder.get('host')} pid {holder.get('pid')} since {holder.get('claimed', '?')}",
+                            read_json(run_dir / STATUS_FILE))
+    status = read_json(run_dir / STATUS_FILE)
+    if status is None:
+        return RunState(PENDING)
+    state = status.get("state")
+    if state == FINISHED:
+        sacred = sacred_status(run_dir)
+        if sacred == "COMPLETED":
+            return RunState(FINISHED, status=status)
+        return RunState(INTERRUPTED, f"status.json says finished but sacred's run.json says {sacred}", status)
+    if state == FAILED:
+        return RunState(FAILED, status.get("error") or "", status)
+    return RunState(INTERRUPTED, f"was {state} on host {status.get('host')} pid {status.get('pid')}, which is gone", status)
+
+
+def first_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+# --------------------------------------------------------------------------- one run
+def _clear_attempt(run_dir: Path) -> None:
+    for name in ATTEMPT_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, RunFailed):
+        return str(error)
+    # The exception first (the run table shows the first line), then where it happened.
+    message = "".join(traceback.format_exception_only(type(error), error)).strip()
+    where = "".join(traceback.format_tb(error.__traceback__)).rstrip().splitlines()[-ERROR_TAIL_LINES:]
+    return "\n".join([message, "Traceback (innermost calls):", *where])
+
+
+def run_one(run: RunSpec, executor: Executor, retry_failed: bool, lock_path: str) -> dict:
+    """Claim, execute and record one run; never raises for a failure of the run itself."""
+    run_dir = Path(run.run_dir)
+    claim, holder = claim_run(run_dir, lock_path)
+    if claim is None:
+        return {"run_id": run.run_id, "result": "skipped_running",
+                "detail": f"claimed by host {holder.get('host')} pid {holder.get('pid')}"}
+    try:
+        state = run_state(run_dir, check_claim=False)  # again: another host may have finished it meanwhile
+        if state.state == FINISHED:
+            return {"run_id": run.run_id, "result": "skipped_finished"}
+        if state.state == FAILED and not retry_failed:
+            return {"run_id": run.run_id, "result": "skipped_failed", "detail": first_line(state.detail)}
+        attempt = int((state.status or {}).get("attempt", 0)) + 1
+        _clear_attempt(run_dir)
+        write_json(run_dir / SPEC_FILE, run.to_dict())
+        started = time.time()
+        status = {"run_id": run.run_id, "state": RUNNING, "error": None, "command": build_command(run),
+                  "host": host_name(), "pid": os.getpid(), "started": now_iso(started), "ended": None,
+                  "duration_s": None, "attempt": attempt}
+        write_json(run_dir / STATUS_FILE, status)
+        try:
+            executor(run)
+            sacred = sacred_status(run_dir)
+            if sacred != "COMPLETED":
+                raise RunFailed(f"the run returned but sacred's run.json says {sacred!r}, not 'COMPLETED'")
+        except Exception as error:  # a failed run is recorded; the sweep goes on
+            ended = time.time()
+            status.update(state=FAILED, error=_error_text(error), ended=now_iso(ended), duration_s=round(ended - started, 3))
+            write_json(run_dir / STATUS_FILE, status)
+            return {"run_id": run.run_id, "result": FAILED, "detail": first_line(status["error"])}
+        # KeyboardInterrupt / SystemExit leave the status "running": the run is rerun next time.
+        ended = time.time()
+        status.update(state=FINISHED, ended=now_iso(ended), duration_s=round(ended - started, 3))
+        write_json(run_dir / STATUS_FILE, status)
+        return {"run_id": run.run_id, "result": FINISHED}
+    finally:
+        release_claim(run_dir, claim)
+
+
+def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").rstrip().splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def execute_cli_run(run: RunSpec) -> None:
+    """The default executor: the training command line in a fresh interpreter, one thread."""
+    run_dir = Path(run.run_dir)
+    command = build_command(run)
+    env = {**os.environ, **THREAD_ENV}
+    # Binding the child to this process's life needs preexec_fn, unsafe when threads exist.
+    preexec = _bind_to_parent if threading.active_count() == 1 else None
+    with open(run_dir / "stdout.log", "w") as out, open(run_dir / "stderr.log", "w") as err:
+        process = subprocess.run(command, stdout=out, stderr=err, env=env, cwd=run_dir, preexec_fn=preexec)
+    if process.returncode != 0:
+        tail = _tail(run_dir / "stderr.log")
+        last = first_line("\n".join(reversed(tail.splitlines()))) or "(no stderr)"
+        raise RunFailed(f"{last} [exit code {process.returncode}]\n--- last lines of {run_dir / 'stderr.log'}:\n{tail}")
+
+
+# --------------------------------------------------------------------------- the sweep
+@dataclass
+class SweepOutcome:
+    outcomes: List[dict] = field(default_factory=list)
+    planned: Dict[str, RunState] = field(default_factory=dict)
+
+    def count(self, result: str) -> int:
+        return sum(1 for o in self.outcomes if o["result"] == result)
+
+    @property
+    def failed(self) -> List[dict]:
+        return [o for o in self.outcomes if o["result"] in (FAILED, "skipped_failed")]
+
+
+def plan(runs: List[RunSpec]) -> Dict[str, RunState]:
+    return {run.run_id: run_state(run.run_dir) for run in runs}
+
+
+def _should_run(state: RunState, retry_failed: bool) -> bool:
+    return state.state in (PENDING, INTERRUPTED) or (state.state == FAILED and retry_failed)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    class _Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: children are started with preexec_fn
+
+    return _Bar(total=total, unit="run", disable=not enabled, dynamic_ncols=True)
+
+
+def _worker_init():
+    _bind_to_parent()
+    os.environ.update(THREAD_ENV)
+
+
+def _run_local(todo, executor, retry_failed, lock_path, workers, bar, on_outcome):
+    if workers == 1:  # in-process: no pickling, the executor may be any callable
+        for run in todo:
+            on_outcome(run_one(run, executor, retry_failed, lock_path))
+            bar.update(1)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that imported torch
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        futures = {pool.submit(run_one, run, executor, retry_failed, lock_path): run for run in todo}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                run = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as error:  # the worker itself died (e.g. killed): rerun next time
+                    outcome = {"run_id": run.run_id, "result": "interrupted", "detail": repr(error)}
+                on_outcome(outcome)
+                bar.update(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as error:
+        raise AblationError(
+            "the ray backend needs Ray, which is an optional extra: pip install 'ray>=2.9' "
+            f"(or pip install 'qmixlab[ray]'); import failed with: {error}"
+        ) from error
+    return ray
+
+
+def _run_ray(todo, executor, retry_failed, lock_path, workers, address, bar, on_outcome):
+    ray = import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address in (None, "", "local"):
+            ray.init(num_cpus=workers or default_workers(), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    try:
+        remote_run = ray.remote(num_cpus=THREADS_PER_RUN, max_retries=0)(run_one)
+        queue = list(todo)
+        limit = workers or len(queue)
+        in_flight = {}
+        while queue or in_flight:
+            while queue and len(in_flight) < limit:
+                run = queue.pop(0)
+                in_flight[remote_run.remote(run, executor, retry_failed, lock_path)] = run
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            run = in_flight.pop(ready[0])
+            try:
+                outcome = ray.get(ready[0])
+            except Exception as error:  # the task's worker died: the run is rerun next time
+                outcome = {"run_id": run.run_id, "result": "interrupted", "detail": first_line(str(error))}
+            on_outcome(outcome)
+            bar.update(1)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_sweep(
+    runs: List[RunSpec],
+    sweep_dir,
+    executor: Executor = execute_cli_run,
+    workers: Optional[int] = None,
+    backend: str = "local",
+    address: Optional[str] = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Execute the runs that still need it; return what happened to every run."""
+    if backend not in ("local", "ray"):
+        raise AblationError(f"backend {backend!r} is not one of ['local', 'ray']")
+    if workers is not None and workers < 1:
+        raise AblationError(f"workers={workers!r} must be >= 1")
+    if backend == "ray":
+        import_ray()  # fail before anything else with the install hint
+    lock_path = str(Path(sweep_dir).resolve() / LOCK_FILE)
+    result = SweepOutcome(planned=plan(runs))
+    todo = []
+    for run in runs:
+        state = result.planned[run.run_id]
+        if _should_run(state, retry_failed):
+            todo.append(run)
+        elif state.state == FINISHED:
+            result.outcomes.append({"run_id": run.run_id, "result": "skipped_finished"})
+        elif state.state == FAILED:
+            result.outcomes.append({"run_id": run.run_id, "result": "skipped_failed", "detail": first_line(state.detail)})
+        else:
+            result.outcomes.append({"run_id": run.run_id, "result": "skipped_running", "detail": state.detail})
+    log(f"{len(runs)} runs: {len(todo)} to run, {result.count('skipped_finished')} already finished, "
+        f"{result.count('skipped_failed')} failed before (skipped{'' if retry_failed else '; --retry-failed reruns them'}), "
+        f"{result.count('skipped_running')} running elsewhere")
+    with _progress(len(todo), progress) as bar:
+        def on_outcome(outcome):
+            result.outcomes.append(outcome)
+            if outcome["result"] == FAILED:
+                bar.write(f"run {outcome['run_id']} failed: {outcome.get('detail', '')}")
+        if todo and backend == "local":
+            _run_local(todo, executor, retry_failed, lock_path, workers or default_workers(), bar, on_outcome)
+        elif todo:
+            _run_ray(todo, executor, retry_failed, lock_path, workers, address, bar, on_outcome)
+    return result

@@ -1,0 +1,479 @@
+"""The report of a sweep folder: ``report.md``, figures, and a marl-eval JSON export.
+
+Only finished runs (status finished and sacred COMPLETED) enter the statistics; the run table lists
+every expected run (finished, failed with its error, running, interrupted, missing) and any run
+folder the sweep does not expect, and every statistic says how many runs it uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from qmixlab.ablations import stats
+from qmixlab.ablations.execution import (
+    FAILED, FINISHED, INTERRUPTED, PENDING, RUNNING, SPEC_FILE, first_line, read_json,
+    run_state, sacred_run_dir, write_json,
+)
+from qmixlab.ablations.sweep import REFERENCE_VARIANT, SweepSpec, atomic_write_text, expand, read_sweep_file
+
+REPORT_METRICS = ("test_battle_won_mean", "test_return_mean")
+MISSING = "missing"
+FIGURES_DIR = "figures"
+MARL_EVAL_FILE = "marl_eval.json"
+
+
+# --------------------------------------------------------------------------- reading runs
+@dataclass
+class RunRecord:
+    run_id: str
+    variant: str
+    map_name: str
+    seed: int
+    state: str  # finished | failed | running | interrupted | missing
+    expected: bool = True
+    detail: str = ""
+    duration_s: Optional[float] = None
+    metrics: Dict[str, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def read_sacred_metrics(run_dir) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """``{metric: (steps, values)}`` from sacred's ``metrics.json``, sorted by step."""
+    folder = sacred_run_dir(run_dir)
+    raw = read_json(folder / "metrics.json") if folder else None
+    metrics = {}
+    for name, entry in (raw or {}).items():
+        steps = np.asarray(entry.get("steps", []), dtype=float)
+        values = np.asarray(entry.get("values", []), dtype=float)
+        if steps.size and steps.size == values.size:
+            order = np.argsort(steps, kind="stable")
+            metrics[name] = (steps[order], values[order])
+    return metrics
+
+
+def _record(run_id, variant, map_name, seed, run_dir: Path, expected: bool) -> RunRecord:
+    record = RunRecord(run_id, variant, map_name, seed, MISSING, expected)
+    if not run_dir.is_dir():
+        return record
+    state = run_state(run_dir)
+    record.duration_s = (state.status or {}).get("duration_s")
+    if state.state == PENDING:
+        record.detail = "run folder without status.json (never started)"
+        return record
+    record.state, record.detail = state.state, state.detail
+    if state.state == FINISHED:
+        record.metrics = read_sacred_metrics(run_dir)
+    return record
+
+
+def collect_runs(spec: SweepSpec, sweep_dir) -> List[RunRecord]:
+    sweep_dir = Path(sweep_dir)
+    records, expected_ids = [], set()
+    for run in expand(spec, sweep_dir):
+        expected_ids.add(run.run_id)
+        records.append(_record(run.run_id, run.variant, run.map_name, run.seed, Path(run.run_dir), True))
+    runs_dir = sweep_dir / "runs"
+    for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        if not folder.is_dir() or folder.name in expected_ids:
+            continue
+        info = read_json(folder / SPEC_FILE) or {}
+        parts = folder.name.split("__")
+        variant = info.get("variant", parts[0])
+        map_name = info.get("map_name", parts[1] if len(parts) > 1 else "?")
+        seed = info.get("seed", parts[2][4:] if len(parts) > 2 else "?")
+        records.append(_record(folder.name, variant, map_name, seed, folder, False))
+    return records
+
+
+# --------------------------------------------------------------------------- statistics
+@dataclass
+class MetricAnalysis:
+    metric: str
+    last_k: int
+    finals: Dict[str, Dict[str, List[Tuple[int, float]]]]  # variant -> map -> [(seed, final)]
+    per_map: Dict[str, Dict[str, Optional[stats.Estimate]]]  # map -> variant -> IQM
+    per_map_poi: Dict[str, Dict[str, Optional[stats.Estimate]]]  # map -> variant -> P(variant > standard)
+    aggregate_maps: List[str]
+    aggregate: Dict[str, stats.Estimate]
+    aggregate_poi: Dict[str, stats.Estimate]
+    curves: Dict[str, Tuple[np.ndarray, Dict[str, tuple]]]  # map or "all maps" -> (grid, variant -> (iqm, low, high, runs))
+    notes: List[str]
+
+
+ALL_MAPS = "all maps"
+
+
+def _curve_block(series_by_variant: Dict[str, List[List[Tuple[np.ndarray, np.ndarray]]]], reps, seed, label):
+    """series_by_variant: variant -> per map -> runs' (steps, values). Returns (grid, curves)."""
+    every = [s for per_map in series_by_variant.values() for runs in per_map for s in runs]
+    if not every:
+        return None
+    grid = stats.common_grid(every)
+    curves = {}
+    for variant, per_map in series_by_variant.items():
+        if any(not runs for runs in per_map):
+            continue
+        n = min(len(runs) for runs in per_map)
+        cube = np.stack([np.stack([stats.interpolate(s, v, grid) for s, v in runs[:n]]) for runs in per_map], axis=1)
+        point, low, high = stats.iqm_curve(cube, reps, stats.key_seed(seed, "curve", label, variant))
+        curves[variant] = (point, low, high, n * len(per_map))
+    return grid, curves
+
+
+def analyse_metric(spec: SweepSpec, records: List[RunRecord], metric: str, last_k: int, reps: int,
+                   seed: int) -> Optional[MetricAnalysis]:
+    variants, maps = list(spec.variants), list(spec.maps)
+    used = [r for r in records if r.expected and r.state == FINISHED]
+    notes = []
+    without = [r.run_id for r in used if metric not in r.metrics]
+    if len(without) == len(used):
+        return None
+    if without:
+        notes.append(f"{len(without)} finished run(s) logged no `{metric}` and are left out: {', '.join(without)}.")
+    finals = {v: {m: [] for m in maps} for v in variants}
+    series = {v: {m: [] for m in maps} for v in variants}
+    for r in sorted(used, key=lambda r: r.seed):
+        if metric in r.metrics:
+            steps, values = r.metrics[metric]
+            finals[r.variant][r.map_name].append((r.seed, stats.final_score(values, last_k)))
+            series[r.variant][r.map_name].append((steps, values))
+            if values.size < last_k:
+                notes.append(f"`{r.run_id}` has only {values.size} evaluation(s) of `{metric}`; its final score averages those.")
+
+    def scores(variant, map_name):
+        return [score for _, score in finals[variant][map_name]]
+
+    reference = REFERENCE_VARIANT if REFERENCE_VARIANT in variants else None
+    per_map, per_map_poi = {}, {}
+    for m in maps:
+        per_map[m], per_map_poi[m] = {}, {}
+        for v in variants:
+            s = scores(v, m)
+            per_map[m][v] = stats.iqm_estimate(np.array(s)[:, None], reps, stats.key_seed(seed, metric, m, v)) if s else None
+            ref = scores(reference, m) if reference else []
+            if reference and v != reference and s and ref:
+                per_map_poi[m][v] = stats.improvement_estimate(
+                    np.array(s)[:, None], np.array(ref)[:, None], reps, stats.key_seed(seed, metric, "poi", m, v))
+            else:
+                per_map_poi[m][v] = None
+
+    aggregate_maps = [m for m in maps if all(scores(v, m) for v in variants)]
+    left_out_maps = [m for m in maps if m not in aggregate_maps]
+    if left_out_maps:
+        notes.append(f"Maps {left_out_maps} lack finished runs of some variant; the all-maps statistics "
+                     f"use only {aggregate_maps or 'no map'}, so that every variant is compared on the same maps.")
+    aggregate, aggregate_poi, matrices = {}, {}, {}
+    if aggregate_maps:
+        for v in variants:
+            matrix, dropped = stats.stack_runs([scores(v, m) for m in aggregate_maps])
+            matrices[v] = matrix
+            if dropped:
+                notes.append(f"All-maps `{v}`: runs per map differ, so the stratified bootstrap uses the first "
+                             f"{matrix.shape[0]} seeds of every map ({dropped} run(s) left out of the all-maps statistics only).")
+            aggregate[v] = stats.iqm_estimate(matrix, reps, stats.key_seed(seed, metric, ALL_MAPS, v))
+        if reference:
+            for v in variants:
+                if v != reference:
+                    aggregate_poi[v] = stats.improvement_estimate(
+                        matrices[v], matrices[reference], reps, stats.key_seed(seed, metric, "poi", ALL_MAPS, v))
+
+    curves = {}
+    for m in maps:
+        block = _curve_block({v: [series[v][m]] for v in variants}, reps, seed, f"{metric}|{m}")
+        if block:
+            curves[m] = block
+    if aggregate_maps and len(aggregate_maps) > 1:
+        block = _curve_block({v: [series[v][m] for m in aggregate_maps] for v in variants}, reps, seed, f"{metric}|{ALL_MAPS}")
+        if block:
+            curves[ALL_MAPS] = block
+    return MetricAnalysis(metric, last_k, finals, per_map, per_map_poi, aggregate_maps, aggregate, aggregate_poi, curves, notes)
+
+
+def summary_sentences(analysis: MetricAnalysis, reference: str = REFERENCE_VARIANT) -> List[str]:
+    """Which variants' CIs do not overlap the reference's, computed mechanically."""
+    if reference not in analysis.finals:
+        return [f"No `{reference}` variant in this sweep: nothing to compare against."]
+    scope, estimates = ALL_MAPS, analysis.aggregate
+    if not estimates:
+        return [f"No map has finished runs of every variant for `{analysis.metric}`: no all-maps comparison is possible."]
+    ref = estimates[reference]
+    higher, lower, overlap = [], [], []
+    for variant, estimate in estimates.items():
+        if variant == reference:
+            continue
+        poi = analysis.aggregate_poi.get(variant)
+        text = f"`{variant}` ({estimate.text()}; P(>{reference}) = {poi.text(2) if poi else 'n/a'})"
+        if estimate.overlaps(ref):
+            overlap.append(text)
+        elif estimate.point > ref.point:
+            higher.append(text)
+        else:
+            lower.append(text)
+    runs = ", ".join(f"{m}: {min(len(analysis.finals[v][m]) for v in analysis.finals)}" for m in analysis.aggregate_maps)
+    lines = [
+        f"On `{analysis.metric}` (IQM of the final score over {scope} {analysis.aggregate_maps}, fewest runs per "
+        f"variant per map: {runs}), `{reference}` scores {ref.text()}."
+    ]
+    lines.append("CI does not overlap and is **higher** than the reference: " + ("; ".join(higher) if higher else "none") + ".")
+    lines.append("CI does not overlap and is **lower** than the reference: " + ("; ".join(lower) if lower else "none") + ".")
+    lines.append("CI overlaps the reference (no difference detected at this number of runs; overlap does not show "
+                 "the variants are equal): " + ("; ".join(overlap) if overlap else "none") + ".")
+    for sanity in ("drop_masked_rows", "no_trimming"):
+        if sanity in estimates:
+            same = estimates[sanity].overlaps(ref)
+            lines.append(f"Sanity check `{sanity}` (must match `{reference}` up to noise): "
+                         + ("its CI overlaps, as expected." if same else "**its CI does not overlap: investigate.**"))
+    per_map_differences = []
+    for m, by_variant in analysis.per_map.items():
+        if by_variant.get(reference) is None:
+            continue
+        for v, e in by_variant.items():
+            if v != reference and e is not None and not e.overlaps(by_variant[reference]):
+                per_map_differences.append(f"`{v}` on {m} ({'higher' if e.point > by_variant[reference].point else 'lower'})")
+    lines.append("Per map, non-overlapping CIs: " + (", ".join(per_map_differences) if per_map_differences else "none") + ".")
+    return lines
+
+
+# --------------------------------------------------------------------------- figures
+def _figure(n_panels: int, width: float = 4.8, height: float = 3.6):
+    from matplotlib.figure import Figure
+
+    columns = min(3, n_panels)
+    rows = -(-n_panels // columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return figure, axes
+
+
+def _colours(variants):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return {v: cmap(i % 20) for i, v in enumerate(variants)}
+
+
+def plot_final_scores(analysis: MetricAnalysis, variants: List[str], path: Path) -> None:
+    panels = [(m, analysis.per_map[m]) for m in analysis.per_map]
+    if analysis.aggregate:
+        panels.append((ALL_MAPS, analysis.aggregate))
+    figure, axes = _figure(len(panels), height=0.35 * len(variants) + 1.5)
+    colours = _colours(variants)
+    for ax, (title, estimates) in zip(axes, panels):
+        for y, variant in enumerate(variants):
+            e = estimates.get(variant)
+            if e is None:
+                continue
+            ax.errorbar(e.point, y, xerr=[[e.point - e.low], [e.high - e.point]], fmt="o", color=colours[variant], capsize=3)
+        ref = estimates.get(REFERENCE_VARIANT)
+        if ref is not None:
+            ax.axvspan(ref.low, ref.high, color="grey", alpha=0.15, lw=0)
+        ax.set_yticks(range(len(variants)), variants)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.set_xlabel(f"IQM of final {analysis.metric} (95% CI)")
+    figure.savefig(path, dpi=110)
+
+
+def plot_improvement(analysis: MetricAnalysis, variants: List[str], path: Path) -> bool:
+    panels = [(m, analysis.per_map_poi[m]) for m in analysis.per_map_poi]
+    if analysis.aggregate_poi:
+        panels.append((ALL_MAPS, analysis.aggregate_poi))
+    others = [v for v in variants if v != REFERENCE_VARIANT]
+    if not others or not any(any(e is not None for e in p.values()) for _, p in panels):
+        return False
+    figure, axes = _figure(len(panels), height=0.35 * len(others) + 1.5)
+    colours = _colours(variants)
+    for ax, (title, estimates) in zip(axes, panels):
+        for y, variant in enumerate(others):
+            e = estimates.get(variant)
+            if e is not None:
+                ax.errorbar(e.point, y, xerr=[[e.point - e.low], [e.high - e.point]], fmt="o", color=colours[variant], capsize=3)
+        ax.axvline(0.5, color="grey", ls="--", lw=1)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_yticks(range(len(others)), others)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.set_xlabel(f"P(variant > {REFERENCE_VARIANT}) on final {analysis.metric}")
+    figure.savefig(path, dpi=110)
+    return True
+
+
+def plot_curves(analysis: MetricAnalysis, variants: List[str], path: Path) -> bool:
+    if not analysis.curves:
+        return False
+    figure, axes = _figure(len(analysis.curves))
+    colours = _colours(variants)
+    for ax, (title, (grid, curves)) in zip(axes, analysis.curves.items()):
+        for variant, (point, low, high, n) in curves.items():
+            ax.plot(grid, point, color=colours[variant], label=f"{variant} ({n})", lw=1.5)
+            ax.fill_between(grid, low, high, color=colours[variant], alpha=0.2, lw=0)
+        ax.set_title(title)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel(f"IQM {analysis.metric}")
+    axes[0].legend(fontsize="x-small", title="variant (runs)", title_fontsize="x-small")
+    figure.savefig(path, dpi=110)
+    return True
+
+
+# --------------------------------------------------------------------------- marl-eval export
+def marl_eval_export(spec: SweepSpec, records: List[RunRecord], metrics: List[str], last_k: int) -> dict:
+    """marl-eval's raw-data layout: ``{env: {task: {algorithm: {"seed_<k>": {"step_<i>":
+    {"step_count": steps, metric: [value]}, "absolute_metrics": {metric: [value]}}}}}}``.
+
+    Tasks are maps, algorithms are variants, steps are evaluations in order. ``absolute_metrics``
+    holds this report's final score (mean of the last ``last_k`` evaluations), not marl-eval's
+    re-evaluation of the best policy, which these runs do not perform.
+    """
+    export = {spec.env: {}}
+    for r in records:
+        if not r.expected or r.state != FINISHED:
+            continue
+        present = [m for m in metrics if m in r.metrics]
+        if not present:
+            continue
+        steps = sorted({float(s) for m in present for s in r.metrics[m][0]})
+        run = {}
+        for i, step in enumerate(steps):
+            entry = {"step_count": int(step) if float(step).is_integer() else step}
+            for m in present:
+                s, v = r.metrics[m]
+                hits = np.nonzero(s == step)[0]
+                if hits.size:
+                    entry[m] = [float(v[hits[-1]])]
+            run[f"step_{i}"] = entry
+        run["absolute_metrics"] = {m: [stats.final_score(r.metrics[m][1], last_k)] for m in present}
+        export[spec.env].setdefault(r.map_name, {}).setdefault(r.variant, {})[f"seed_{r.seed}"] = run
+    return export
+
+
+# --------------------------------------------------------------------------- markdown
+def _table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(estimate: Optional[stats.Estimate]) -> str:
+    return estimate.text() if estimate is not None else "–"
+
+
+def run_table(records: List[RunRecord], metrics: List[str], last_k: int) -> str:
+    order = {FAILED: 0, INTERRUPTED: 1, RUNNING: 2, MISSING: 3, FINISHED: 4}
+    rows = []
+    for r in sorted(records, key=lambda r: (order.get(r.state, 5), r.variant, r.map_name, str(r.seed))):
+        state = r.state if r.expected else f"{r.state} (not in sweep.yaml; not used)"
+        finals = [f"{stats.final_score(r.metrics[m][1], last_k):.3f}" if m in r.metrics else "–" for m in metrics]
+        duration = f"{r.duration_s:.0f}" if isinstance(r.duration_s, (int, float)) else "–"
+        rows.append([f"`{r.run_id}`", r.variant, r.map_name, r.seed, state, *finals, duration, first_line(r.detail)])
+    return _table(["run", "variant", "map", "seed", "state", *[f"final {m}" for m in metrics], "duration (s)", "error / note"], rows)
+
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start)
+
+
+def build_report(sweep_dir, metric: str = REPORT_METRICS[0], out=None, last_k: int = stats.DEFAULT_LAST_K,
+                 reps: int = stats.DEFAULT_REPS, seed: int = 0) -> Path:
+    """Write ``report.md`` (or ``out``), ``figures/*.png`` and ``marl_eval.json``; return the
+    report's path."""
+    sweep_dir = Path(sweep_dir)
+    spec = read_sweep_file(sweep_dir)
+    out = Path(out) if out else sweep_dir / "report.md"
+    figures_dir = sweep_dir / FIGURES_DIR
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    records = collect_runs(spec, sweep_dir)
+    metrics = [metric] + [m for m in REPORT_METRICS if m != metric]
+    expected = [r for r in records if r.expected]
+    counts = {s: sum(1 for r in expected if r.state == s) for s in (FINISHED, FAILED, RUNNING, INTERRUPTED, MISSING)}
+    analyses = {m: analyse_metric(spec, records, m, last_k, reps, seed) for m in metrics}
+    variants = list(spec.variants)
+
+    md = [f"# Ablation report: {spec.name}", ""]
+    md.append(f"Sweep folder `{sweep_dir}`; algorithm `{spec.alg}`, environment `{spec.env}`, maps {spec.maps}, "
+              f"seeds {spec.seeds}; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.")
+    md.append("")
+    md.append(f"**Runs:** {len(expected)} expected; {counts[FINISHED]} finished, {counts[FAILED]} failed, "
+              f"{counts[RUNNING]} running, {counts[INTERRUPTED]} interrupted, {counts[MISSING]} missing"
+              + (f"; {len(records) - len(expected)} run folder(s) not in sweep.yaml (not used)" if len(records) > len(expected) else "")
+              + ". Only finished runs enter the statistics.")
+    md += ["", "## Summary", ""]
+    headline = analyses[metric]
+    if headline is None:
+        md.append(f"No finished run logged `{metric}`: there is nothing to compare yet.")
+    else:
+        md += [f"- {line}" for line in summary_sentences(headline)]
+    md += ["", "## Method", ""]
+    md.append(
+        f"- Final score of a run: mean of its last {last_k} test evaluations (x axis: environment steps).\n"
+        "- IQM: mean of the middle 50% of the final scores pooled over runs (and maps), i.e. a 25% trimmed mean.\n"
+        f"- 95% CIs: percentile stratified bootstrap ({reps} resamples, seed {seed}): runs are resampled within each map.\n"
+        f"- Probability of improvement P(X > {REFERENCE_VARIANT}): over all pairs of runs of a map, ties counted half; "
+        "averaged over maps; runs of X and of the reference resampled independently within each map for the CI.\n"
+        "- Sample-efficiency curves: each run linearly interpolated onto a common grid of environment steps (the range every run "
+        "covers); IQM and 95% CI at each grid point.\n"
+        f"- Implementation: rliable {_rliable_version()} (`aggregate_iqm`, `probability_of_improvement`, "
+        "`get_interval_estimates`). Scores are not normalised.\n"
+        "- Non-overlapping 95% CIs are a conservative sign of a difference; overlapping CIs do not show equality.")
+    md += ["", "## Variants", ""]
+    md.append(_table(["variant", "overrides", "description"],
+                     [[f"`{v}`", f"`{json.dumps(spec.variants[v])}`" if spec.variants[v] else "(none)",
+                       spec.descriptions.get(v, "")] for v in variants]))
+    for m in metrics:
+        analysis = analyses[m]
+        md += ["", f"## `{m}`", ""]
+        if analysis is None:
+            md.append(f"No finished run logged `{m}`.")
+            continue
+        if analysis.aggregate:
+            md.append(f"### All maps ({', '.join(analysis.aggregate_maps)})")
+            md.append("")
+            md.append(_table(["variant", "IQM of final score [95% CI]", "runs used", f"P(> {REFERENCE_VARIANT}) [95% CI]"],
+                             [[f"`{v}`", _fmt(e), e.runs, _fmt(analysis.aggregate_poi.get(v))]
+                              for v, e in analysis.aggregate.items()]))
+            md.append("")
+        for map_name, estimates in analysis.per_map.items():
+            md.append(f"### {map_name}")
+            md.append("")
+            md.append(_table(["variant", "IQM of final score [95% CI]", "runs used", f"P(> {REFERENCE_VARIANT}) [95% CI]"],
+                             [[f"`{v}`", _fmt(e), e.runs if e else 0, _fmt(analysis.per_map_poi[map_name].get(v))]
+                              for v, e in estimates.items()]))
+            md.append("")
+        figures = []
+        path = figures_dir / f"final_{m}.png"
+        plot_final_scores(analysis, variants, path)
+        figures.append(("Final scores (IQM, 95% CI; grey band: the reference's CI)", path))
+        path = figures_dir / f"improvement_{m}.png"
+        if plot_improvement(analysis, variants, path):
+            figures.append((f"Probability of improvement over `{REFERENCE_VARIANT}`", path))
+        path = figures_dir / f"curves_{m}.png"
+        if plot_curves(analysis, variants, path):
+            figures.append(("Sample-efficiency curves (IQM, 95% CI bands)", path))
+        for caption, path in figures:
+            md += [f"![{caption}]({_rel(path, out.parent)})", "", f"*{caption}.*", ""]
+        if analysis.notes:
+            md += ["Notes:", ""] + [f"- {note}" for note in analysis.notes] + [""]
+    md += ["## Runs", ""]
+    md.append(run_table(records, metrics, last_k))
+    export_path = sweep_dir / MARL_EVAL_FILE
+    write_json(export_path, marl_eval_export(spec, records, metrics, last_k))
+    md += ["", f"Raw evaluations of the finished runs in marl-eval's layout: `{_rel(export_path, out.parent)}` "
+           f"(`absolute_metrics` = the final score above).", ""]
+    atomic_write_text(out, "\n".join(md))
+    return out
+
+
+def _rliable_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rliable")
+    except Exception:  # metadata missing: report without a version
+        return "(version unknown)"

@@ -1,0 +1,291 @@
+"""The sweep report on fixed synthetic results: statistics against hand computations and slow
+reference loops, the run table, the marl-eval export, the summary and the figures."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rliable", reason="the report needs the ablations extra: pip install rliable 'pandas<3'")
+
+from qmixlab.ablations import cli, report, stats, sweep  # noqa: E402
+
+VARIANTS = ["standard", "timeout_as_terminal", "drop_masked_rows"]
+MAPS = ["3m", "2s3z"]
+SEEDS = [0, 1, 2, 3, 4]
+LEVEL = {"standard": 0.6, "timeout_as_terminal": 0.2, "drop_masked_rows": 0.6}
+FAILED_RUN = "drop_masked_rows__2s3z__seed4"
+MISSING_RUN = "timeout_as_terminal__3m__seed4"
+INTERVAL = 2000
+
+
+def curve(variant, map_name, seed):
+    """Five evaluations; the last three (the final score) scatter around the variant's level."""
+    rng = np.random.default_rng([VARIANTS.index(variant), MAPS.index(map_name), seed])
+    tail = LEVEL[variant] + rng.uniform(-0.1, 0.1, size=3)
+    return [0.0, LEVEL[variant] / 2, *tail.round(4)]
+
+
+def hand_final(variant, map_name, seed):
+    return float(np.mean(curve(variant, map_name, seed)[-3:]))
+
+
+def write_run(run_dir, values, state="finished", error=None, steps=None):
+    run_dir = Path(run_dir)
+    folder = run_dir / "sacred" / "1"
+    folder.mkdir(parents=True)
+    steps = steps or [i * INTERVAL for i in range(len(values))]
+    metrics = {"test_battle_won_mean": {"steps": steps, "values": values, "timestamps": ["t"] * len(values)},
+               "test_return_mean": {"steps": steps, "values": [10 * v for v in values], "timestamps": ["t"] * len(values)}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "run.json").write_text(json.dumps({"status": "COMPLETED" if state == "finished" else "FAILED"}))
+    (run_dir / "status.json").write_text(json.dumps({"state": state, "error": error, "duration_s": 12.5}))
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    spec = sweep.parse_sweep({"name": "synthetic", "variants": VARIANTS, "maps": MAPS, "seeds": SEEDS}, validate=False)
+    sweep.write_sweep_file(spec, root)
+    for run in sweep.expand(spec, root):
+        if run.run_id == MISSING_RUN:
+            continue
+        if run.run_id == FAILED_RUN:
+            write_run(run.run_dir, [0.0], state="failed", error="RuntimeError: boom at step 3\nTraceback ...")
+            continue
+        write_run(run.run_dir, curve(run.variant, run.map_name, run.seed))
+    # A run folder the sweep does not expect (e.g. a removed seed): listed, not used.
+    write_run(root / "runs" / "standard__3m__seed9", [1.0, 1.0, 1.0])
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(sweep_dir):
+    path = report.build_report(sweep_dir, reps=300, seed=0)
+    return path, path.read_text()
+
+
+@pytest.fixture(scope="module")
+def analysis(sweep_dir):
+    spec = sweep.read_sweep_file(sweep_dir)
+    records = report.collect_runs(spec, sweep_dir)
+    return report.analyse_metric(spec, records, "test_battle_won_mean", last_k=3, reps=300, seed=0)
+
+
+def hand_iqm(values):
+    """Mean of the middle 50%: drop floor(N/4) scores from each end."""
+    values = np.sort(np.ravel(values))
+    cut = int(np.floor(0.25 * values.size))
+    return float(values[cut:values.size - cut].mean())
+
+
+def hand_poi(x, y):
+    """P(X > Y) per map by counting all pairs, ties half; averaged over maps (columns)."""
+    per_map = []
+    for j in range(x.shape[1]):
+        wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in x[:, j] for b in y[:, j])
+        per_map.append(wins / (x.shape[0] * y.shape[0]))
+    return float(np.mean(per_map))
+
+
+def finals_matrix(variant, maps=MAPS, seeds=None):
+    """runs x maps of hand-computed finals; per map the seeds with a finished run, truncated to
+    the same count (the report's rule for the all-maps statistics)."""
+    per_map = []
+    for m in maps:
+        present = [s for s in SEEDS if f"{variant}__{m}__seed{s}" not in (FAILED_RUN, MISSING_RUN)]
+        per_map.append([hand_final(variant, m, s) for s in present])
+    n = min(len(p) for p in per_map)
+    return np.array([p[:n] for p in per_map]).T
+
+
+# --------------------------------------------------------------------------- statistics
+def test_final_score_is_the_mean_of_the_last_k_evaluations():
+    assert stats.final_score([0, 1, 2, 3, 4], 3) == 3.0
+    assert stats.final_score([5.0], 3) == 5.0  # fewer evaluations than K: all of them
+    with pytest.raises(ValueError, match="last_k=0"):
+        stats.final_score([1.0], 0)
+
+
+def test_per_map_and_all_maps_iqm_match_a_hand_computation(analysis):
+    for m in MAPS:
+        for v in VARIANTS:
+            expected = finals_matrix(v, maps=[m])
+            assert analysis.per_map[m][v].point == pytest.approx(hand_iqm(expected), abs=1e-12)
+            assert analysis.per_map[m][v].runs == expected.size
+    assert analysis.aggregate_maps == MAPS
+    for v in VARIANTS:
+        matrix = finals_matrix(v)
+        assert analysis.aggregate[v].point == pytest.approx(hand_iqm(matrix), abs=1e-12)
+        assert analysis.aggregate[v].runs == matrix.size
+    assert analysis.aggregate["timeout_as_terminal"].runs == 8  # 4 seeds x 2 maps: seed 4 of 2s3z left out
+    assert any("first 4 seeds" in note and "timeout_as_terminal" in note for note in analysis.notes)
+
+
+def reference_bootstrap_iqm(matrix, reps, rng):
+    """Slow, obvious stratified bootstrap: resample runs with replacement within each map."""
+    n, maps = matrix.shape
+    samples = []
+    for _ in range(reps):
+        resampled = np.empty_like(matrix)
+        for j in range(maps):
+            for i in range(n):
+                resampled[i, j] = matrix[rng.integers(n), j]
+        samples.append(hand_iqm(resampled))
+    return np.percentile(samples, [2.5, 97.5])
+
+
+def test_stratified_bootstrap_ci_matches_a_slow_reference_loop():
+    matrix = np.random.default_rng(7).normal(0.5, 0.15, size=(8, 3))
+    estimate = stats.iqm_estimate(matrix, reps=4000, seed=11)
+    low, high = reference_bootstrap_iqm(matrix, 4000, np.random.default_rng(3))
+    assert estimate.point == pytest.approx(hand_iqm(matrix))
+    assert estimate.low == pytest.approx(low, abs=0.01) and estimate.high == pytest.approx(high, abs=0.01)
+    assert estimate.low < estimate.point < estimate.high
+
+
+def test_bootstrap_is_reproducible_and_leaves_numpys_global_generator_alone():
+    matrix = np.random.default_rng(1).uniform(size=(6, 2))
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    first = stats.iqm_estimate(matrix, reps=500, seed=5)
+    assert np.array_equal(np.random.get_state()[1], before)
+    assert stats.iqm_estimate(matrix, reps=500, seed=5) == first
+    assert stats.iqm_estimate(matrix, reps=500, seed=6) != first
+
+
+def test_probability_of_improvement_matches_brute_force_pair_counting(analysis):
+    reference = finals_matrix("standard")
+    for v in ("timeout_as_terminal", "drop_masked_rows"):
+        assert analysis.aggregate_poi[v].point == pytest.approx(hand_poi(finals_matrix(v), reference), abs=1e-12)
+        for m in MAPS:
+            expected = hand_poi(finals_matrix(v, maps=[m]), finals_matrix("standard", maps=[m]))
+            assert analysis.per_map_poi[m][v].point == pytest.approx(expected, abs=1e-12)
+    assert analysis.aggregate_poi["timeout_as_terminal"].point == 0.0
+    # Ties count half.
+    ties = np.array([[1.0], [1.0]])
+    assert stats.improvement_estimate(ties, np.array([[1.0], [0.0], [2.0]]), reps=50).point == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("shape_x, shape_y, levels", [((5, 2), (5, 2), 0), ((4, 3), (6, 3), 0), ((5, 2), (3, 2), 3)])
+def test_probability_of_improvement_is_rliables(shape_x, shape_y, levels):
+    from rliable import metrics
+
+    rng = np.random.default_rng(sum(shape_x) + levels)
+    draw = (lambda shape: rng.integers(levels, size=shape).astype(float)) if levels else rng.random
+    x, y = draw(shape_x), draw(shape_y)  # with levels: many ties
+    assert stats.probability_of_improvement(x, y) == pytest.approx(metrics.probability_of_improvement(x, y), abs=1e-12)
+    assert stats.probability_of_improvement(x, x) == pytest.approx(0.5)
+
+
+def test_probability_of_improvement_ci_matches_a_slow_reference_loop():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(0.55, 0.1, size=(6, 2)), rng.normal(0.5, 0.1, size=(5, 2))
+    estimate = stats.improvement_estimate(x, y, reps=3000, seed=2)
+    loop_rng, samples = np.random.default_rng(9), []
+    for _ in range(3000):
+        xs = np.stack([x[loop_rng.integers(6, size=6), j] for j in range(2)], axis=1)
+        ys = np.stack([y[loop_rng.integers(5, size=5), j] for j in range(2)], axis=1)
+        samples.append(hand_poi(xs, ys))
+    low, high = np.percentile(samples, [2.5, 97.5])
+    assert estimate.point == pytest.approx(hand_poi(x, y), abs=1e-12)
+    assert estimate.low == pytest.approx(low, abs=0.03) and estimate.high == pytest.approx(high, abs=0.03)
+
+
+def test_curves_interpolate_runs_onto_a_common_grid():
+    series = [(np.array([0.0, 10.0, 20.0]), np.array([0.0, 1.0, 2.0])),
+              (np.array([5.0, 15.0, 25.0]), np.array([0.0, 1.0, 2.0]))]
+    grid = stats.common_grid(series, points=3)
+    assert grid.tolist() == [5.0, 12.5, 20.0]
+    assert stats.interpolate(*series[0], grid).tolist() == [0.5, 1.25, 2.0]
+    cube = np.stack([np.stack([stats.interpolate(s, v, grid) for s, v in series])], axis=1)  # 2 runs x 1 map x 3
+    point, low, high = stats.iqm_curve(cube, reps=100, seed=0)
+    assert point.tolist() == pytest.approx([0.25, 1.0, 1.75])  # 2 runs: nothing trimmed
+    assert np.all(low <= point) and np.all(point <= high)
+
+
+# --------------------------------------------------------------------------- the report
+def test_run_table_lists_failed_missing_and_unexpected_runs(built, sweep_dir):
+    _, text = built
+    runs = text[text.index("## Runs"):]
+    assert f"| `{FAILED_RUN}` | drop_masked_rows | 2s3z | 4 | failed |" in runs
+    assert "RuntimeError: boom at step 3 |" in runs
+    assert f"| `{MISSING_RUN}` | timeout_as_terminal | 3m | 4 | missing |" in runs
+    assert "`standard__3m__seed9`" in runs and "not in sweep.yaml; not used" in runs
+    assert "30 expected; 28 finished, 1 failed, 0 running, 0 interrupted, 1 missing" in text
+    # Failed and missing rows come before the finished ones.
+    assert runs.index(FAILED_RUN) < runs.index("standard__3m__seed0")
+
+
+def test_report_tables_state_runs_used_and_hand_values(built):
+    _, text = built
+    iqm = hand_iqm(finals_matrix("standard"))
+    assert f"| `standard` | {iqm:.3f} [" in text
+    assert "| `timeout_as_terminal` | " in text and "| 8 | 0.000 [" in text  # 8 runs used, PoI 0
+    assert "last 3 test evaluations" in text and "300 resamples" in text and "rliable" in text
+
+
+def test_summary_names_the_differences_mechanically(built):
+    _, text = built
+    summary = text[text.index("## Summary"):text.index("## Method")]
+    lower = next(line for line in summary.splitlines() if "**lower**" in line)
+    overlap = next(line for line in summary.splitlines() if "overlaps the reference" in line)
+    higher = next(line for line in summary.splitlines() if "**higher**" in line)
+    assert "`timeout_as_terminal`" in lower and "`drop_masked_rows`" not in lower
+    assert "`drop_masked_rows`" in overlap and higher.endswith("none.")
+    assert "Sanity check `drop_masked_rows`" in summary and "as expected" in summary
+
+
+def test_marl_eval_export_layout(built, sweep_dir):
+    data = json.loads((sweep_dir / "marl_eval.json").read_text())
+    assert list(data) == ["smacsim"]
+    assert set(data["smacsim"]) == set(MAPS)
+    assert set(data["smacsim"]["3m"]) == set(VARIANTS)
+    assert set(data["smacsim"]["3m"]["timeout_as_terminal"]) == {"seed_0", "seed_1", "seed_2", "seed_3"}
+    assert "seed_4" not in data["smacsim"]["2s3z"]["drop_masked_rows"]  # failed: not exported
+    run = data["smacsim"]["2s3z"]["standard"]["seed_1"]
+    values = curve("standard", "2s3z", 1)
+    assert list(run) == [f"step_{i}" for i in range(5)] + ["absolute_metrics"]
+    assert run["step_2"] == {"step_count": 2 * INTERVAL, "test_battle_won_mean": [values[2]],
+                             "test_return_mean": [pytest.approx(10 * values[2])]}
+    assert run["absolute_metrics"]["test_battle_won_mean"] == [pytest.approx(hand_final("standard", "2s3z", 1))]
+
+
+def test_figures_are_written_and_linked(built, sweep_dir):
+    path, text = built
+    for name in ("final", "improvement", "curves"):
+        for metric in ("test_battle_won_mean", "test_return_mean"):
+            figure = sweep_dir / "figures" / f"{name}_{metric}.png"
+            assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"](figures/{name}_{metric}.png)" in text
+    assert path == sweep_dir / "report.md"
+
+
+def test_runs_with_different_evaluation_steps_share_a_curve_grid(tmp_path):
+    spec = sweep.parse_sweep({"name": "grid", "variants": ["standard"], "maps": ["3m"], "seeds": [0, 1]}, validate=False)
+    sweep.write_sweep_file(spec, tmp_path)
+    first, second = sweep.expand(spec, tmp_path)
+    write_run(first.run_dir, [0.0, 0.5, 1.0], steps=[0, 1000, 2000])
+    write_run(second.run_dir, [0.0, 1.0], steps=[100, 1600])
+    records = report.collect_runs(spec, tmp_path)
+    analysis = report.analyse_metric(spec, records, "test_battle_won_mean", last_k=1, reps=50, seed=0)
+    grid, curves = analysis.curves["3m"]
+    assert grid[0] == 100 and grid[-1] == 1600
+    point = curves["standard"][0]
+    assert point[0] == pytest.approx((0.05 + 0.0) / 2) and point[-1] == pytest.approx((0.8 + 1.0) / 2)
+
+
+def test_cli_report_with_another_headline_metric(sweep_dir, tmp_path, capsys):
+    out = tmp_path / "r.md"
+    assert cli.main(["report", str(sweep_dir), "--metric", "test_return_mean", "--out", str(out), "--reps", "100"]) == 0
+    text = out.read_text()
+    assert "On `test_return_mean`" in text
+    assert "figures/final_test_return_mean.png" in text
+    assert str(out) in capsys.readouterr().out
+
+
+def test_report_of_a_folder_without_sweep_file_fails_clearly(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["report", str(tmp_path)])
+    assert exit_info.value.code == 2 and "has no sweep.yaml" in capsys.readouterr().err
