@@ -116,9 +116,8 @@ class BaselineLearner:
     def __init__(self, episodes: EpisodeBatch, n_agents, n_actions, state_dim, obs_dim, hidden=64, seed=0):
         torch.manual_seed(seed)
         self.n_agents, self.n_actions = n_agents, n_actions
+        # every field, one-hot actions and filled included, as float32
         self.storage = {k: episodes[k].float().clone() for k in episodes.scheme}
-        self.storage["actions_onehot"] = episodes["actions_onehot"].float().clone()
-        self.storage["filled"] = episodes["filled"].float().clone()
         self.agent = BaselineAgent(obs_dim + n_actions + n_agents, hidden, n_actions)
         self.mixer = BaselineQMixer(n_agents, state_dim)
         self.target_agent, self.target_mixer = copy.deepcopy(self.agent), copy.deepcopy(self.mixer)
@@ -178,8 +177,11 @@ class BaselineLearner:
 class QmixlabStep:
     def __init__(self, episodes: EpisodeBatch, n_agents, n_actions, state_dim, obs_dim, seed=0):
         torch.manual_seed(seed)
-        self.buffer = ReplayBuffer(episodes.scheme, episodes.groups, BUFFER_EPISODES, episodes.max_seq_length,
-                                   preprocess=episodes.preprocess,
+        info = {"n_agents": n_agents, "obs_shape": obs_dim, "state_shape": state_dim,
+                "n_actions": n_actions, "episode_limit": episodes.max_seq_length - 1}
+        scheme, groups, preprocess = episode_scheme(info)
+        self.buffer = ReplayBuffer(scheme, groups, BUFFER_EPISODES, episodes.max_seq_length,
+                                   preprocess=preprocess,
                                    storage=StorageOptions(derive_state_last_action=True), seed=seed)
         self.buffer.insert_episode_batch(episodes)
         agent = RNNAgent(obs_dim, n_actions, n_agents, hidden_dim=64)

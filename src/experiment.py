@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -69,6 +70,8 @@ def run_folder_name(settings, run_id) -> str:
 
 
 def build_experiment(alg: str, env: str):
+    # sacred 0.8.7 imports pkg_resources, whose deprecation notice would greet every run.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     from sacred import Experiment
     from sacred.utils import apply_backspaces_and_linefeeds
 

@@ -168,6 +168,18 @@ def test_probability_of_improvement_matches_brute_force_pair_counting(analysis):
     assert stats.improvement_estimate(ties, np.array([[1.0], [0.0], [2.0]]), reps=50).point == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (5, 2), (7, 3), (10, 4)])
+def test_interquartile_mean_is_rliables(shape):
+    from rliable import metrics
+
+    scores = np.random.default_rng(sum(shape)).random(shape)
+    assert stats.interquartile_mean(scores) == pytest.approx(metrics.aggregate_iqm(scores), abs=1e-12)
+    assert stats.interquartile_mean(scores) == pytest.approx(hand_iqm(scores), abs=1e-12)
+    cube = np.random.default_rng(1).random((*shape, 4))
+    per_point = stats.interquartile_mean(cube.reshape(-1, 4), axis=0)
+    assert per_point == pytest.approx([metrics.aggregate_iqm(cube[..., k]) for k in range(4)], abs=1e-12)
+
+
 @pytest.mark.parametrize("shape_x, shape_y, levels", [((5, 2), (5, 2), 0), ((4, 3), (6, 3), 0), ((5, 2), (3, 2), 3)])
 def test_probability_of_improvement_is_rliables(shape_x, shape_y, levels):
     from rliable import metrics
@@ -289,3 +301,22 @@ def test_report_of_a_folder_without_sweep_file_fails_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["report", str(tmp_path)])
     assert exit_info.value.code == 2 and "has no sweep.yaml" in capsys.readouterr().err
+
+
+def test_runs_copied_from_another_machine_join_the_sweep_when_their_variant_matches(tmp_path):
+    spec = sweep.parse_sweep({"name": "copy", "variants": ["standard", "filled_only"], "maps": ["3m"], "seeds": [0]}, validate=False)
+    sweep.write_sweep_file(spec, tmp_path)
+    for run in sweep.expand(spec, tmp_path):
+        write_run(run.run_dir, [0.5, 0.5, 0.5])
+    # Another machine ran seed 7 of standard with the same definition, and a different "filled_only".
+    other = sweep.parse_sweep({"name": "copy", "variants": ["standard", {"filled_only": {"t_max": 5}}], "maps": ["3m"],
+                               "seeds": [7]}, validate=False)
+    for run in sweep.expand(other, tmp_path):
+        write_run(run.run_dir, [0.9, 0.9, 0.9])
+        (Path(run.run_dir) / "run_spec.json").write_text(json.dumps(run.to_dict()))
+    text = report.build_report(tmp_path, reps=50).read_text()
+    assert "Note: seed 7 (found in `standard__3m__seed7`, not in sweep.yaml) is part of the sweep." in text
+    assert "| `standard__3m__seed7` | standard | 3m | 7 | finished |" in text
+    # Its "filled_only" is another definition: listed, not used.
+    assert "| `filled_only__3m__seed7` | filled_only | 3m | 7 | conflicting |" in text
+    assert "4 expected; 3 finished, 0 failed, 0 running, 0 interrupted, 0 missing, 1 conflicting" in text

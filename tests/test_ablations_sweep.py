@@ -264,6 +264,13 @@ def test_claim_is_exclusive(tmp_path):
     assert not (tmp_path / "run" / "claim.json").exists()
 
 
+def test_the_resolved_sweep_file_is_itself_a_sweep_file(tmp_path):
+    spec = sweep.parse_sweep(raw_sweep())
+    sweep.write_sweep_file(spec, tmp_path)
+    assert sweep.load_sweep(tmp_path / "sweep.yaml") == spec
+    assert sweep.read_sweep_file(tmp_path) == spec
+
+
 def test_two_machines_shares_merge_into_one_folder(tmp_path):
     first = small_spec(seeds=[0, 1])
     second = small_spec(seeds=[2], variants=["standard", "filled_only"])
@@ -374,3 +381,10 @@ def test_ray_backend_on_a_local_instance(tmp_path):
     result = run_sweep(runs, tmp_path, executor=fake_executor, backend="ray", workers=2, progress=False, log=quiet)
     assert sorted(o["result"] for o in result.outcomes) == ["failed"] + ["finished"] * 3
     assert run_state(runs[0].run_dir).state == "failed" and run_state(runs[1].run_dir).state == "finished"
+
+
+def test_dry_run_commands_paste_into_a_shell_unchanged():
+    import shlex
+
+    tokens = ["plain", "alg='qmix'", "quote='it\\'s \"x\"'", "dollar='$HOME'", "spaces='a b'", "bang='!'"]
+    assert shlex.split(" ".join(cli._shell_word(t) for t in tokens)) == tokens

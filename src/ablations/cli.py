@@ -11,6 +11,15 @@ from typing import List, Optional
 from qmixlab.settings import ConfigError
 
 
+def _shell_word(token: str) -> str:
+    """A copy-pasteable shell word, readable for sacred's quoted literals (``"alg='qmix'"``)."""
+    if shlex.quote(token) == token:
+        return token
+    if not any(c in token for c in '"$`\\!'):
+        return f'"{token}"'
+    return shlex.quote(token)
+
+
 def _ablate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qmixlab ablate",
@@ -53,7 +62,7 @@ def ablate(argv: List[str], executor=None) -> int:
         for run in runs:
             state = execution.run_state(run.run_dir)
             print(f"{run.run_id}  [{state.state}{': ' + execution.first_line(state.detail) if state.detail else ''}]")
-            print("    " + shlex.join(sweep.build_command(run)))
+            print("    " + " ".join(_shell_word(token) for token in sweep.build_command(run)))
         print(f"{len(runs)} runs in {sweep_dir} (dry run: nothing started)")
         return 0
     sweep.write_sweep_file(spec, sweep_dir)

@@ -7,6 +7,7 @@ folder the sweep does not expect, and every statistic says how many runs it uses
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,12 +22,17 @@ from qmixlab.ablations.execution import (
     FAILED, FINISHED, INTERRUPTED, PENDING, RUNNING, SPEC_FILE, first_line, read_json,
     run_state, sacred_run_dir, write_json,
 )
-from qmixlab.ablations.sweep import REFERENCE_VARIANT, SweepSpec, atomic_write_text, expand, read_sweep_file
+from qmixlab.ablations.sweep import (
+    REFERENCE_VARIANT, SweepSpec, atomic_write_text, expand, read_sweep_file, run_overrides,
+)
 
 REPORT_METRICS = ("test_battle_won_mean", "test_return_mean")
 MISSING = "missing"
+CONFLICT = "conflicting"  # a run folder made under another definition of its variant
+DEFINING_KEYS = ("variant", "map_name", "seed", "alg", "env", "overrides")
 FIGURES_DIR = "figures"
 MARL_EVAL_FILE = "marl_eval.json"
+FEW_RUNS = 5  # below this many runs per map, the summary warns that CIs are indicative
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -36,7 +42,7 @@ class RunRecord:
     variant: str
     map_name: str
     seed: int
-    state: str  # finished | failed | running | interrupted | missing
+    state: str  # finished | failed | running | interrupted | missing | conflicting
     expected: bool = True
     detail: str = ""
     duration_s: Optional[float] = None
@@ -72,12 +78,40 @@ def _record(run_id, variant, map_name, seed, run_dir: Path, expected: bool) -> R
     return record
 
 
+def extend_with_copied_runs(spec: SweepSpec, sweep_dir) -> Tuple[SweepSpec, List[str]]:
+    """Add the seeds and maps of run folders copied in from another machine's share of the same
+    sweep (same alg, env, and the same overrides for their variant), so that they are used.
+    Folders of variants this sweep defines differently stay out (listed as not used)."""
+    runs_dir, notes = Path(sweep_dir) / "runs", []
+    seeds, maps = list(spec.seeds), list(spec.maps)
+    for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        info = read_json(folder / SPEC_FILE)
+        if not info or info.get("variant") not in spec.variants or (info.get("alg"), info.get("env")) != (spec.alg, spec.env):
+            continue
+        map_name, seed = info.get("map_name"), info.get("seed")
+        if info.get("overrides") != run_overrides(spec, info["variant"], map_name) or not isinstance(seed, int):
+            continue
+        if seed not in seeds:
+            seeds.append(seed)
+            notes.append(f"seed {seed} (found in `{folder.name}`, not in sweep.yaml) is part of the sweep")
+        if map_name not in maps:
+            maps.append(map_name)
+            notes.append(f"map {map_name} (found in `{folder.name}`, not in sweep.yaml) is part of the sweep")
+    return dataclasses.replace(spec, seeds=seeds, maps=maps), notes
+
+
 def collect_runs(spec: SweepSpec, sweep_dir) -> List[RunRecord]:
     sweep_dir = Path(sweep_dir)
     records, expected_ids = [], set()
     for run in expand(spec, sweep_dir):
         expected_ids.add(run.run_id)
-        records.append(_record(run.run_id, run.variant, run.map_name, run.seed, Path(run.run_dir), True))
+        record = _record(run.run_id, run.variant, run.map_name, run.seed, Path(run.run_dir), True)
+        stored = read_json(Path(run.run_dir) / SPEC_FILE)
+        wanted = run.to_dict()
+        if stored and any(stored.get(key) != wanted[key] for key in DEFINING_KEYS):
+            record.state, record.metrics = CONFLICT, {}
+            record.detail = "run_spec.json defines this run differently from sweep.yaml (another experiment's copy?)"
+        records.append(record)
     runs_dir = sweep_dir / "runs"
     for folder in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
         if not folder.is_dir() or folder.name in expected_ids:
@@ -224,6 +258,10 @@ def summary_sentences(analysis: MetricAnalysis, reference: str = REFERENCE_VARIA
     lines.append("CI does not overlap and is **lower** than the reference: " + ("; ".join(lower) if lower else "none") + ".")
     lines.append("CI overlaps the reference (no difference detected at this number of runs; overlap does not show "
                  "the variants are equal): " + ("; ".join(overlap) if overlap else "none") + ".")
+    fewest = min(len(analysis.finals[v][m]) for v in analysis.finals for m in analysis.aggregate_maps)
+    if fewest < FEW_RUNS:
+        lines.append(f"Only {fewest} run(s) for some variant on some map: percentile-bootstrap CIs from so few runs "
+                     "understate the uncertainty; treat every statement above as indicative.")
     for sanity in ("drop_masked_rows", "no_trimming"):
         if sanity in estimates:
             same = estimates[sanity].overlaps(ref)
@@ -262,7 +300,7 @@ def _colours(variants):
 
 def plot_final_scores(analysis: MetricAnalysis, variants: List[str], path: Path) -> None:
     panels = [(m, analysis.per_map[m]) for m in analysis.per_map]
-    if analysis.aggregate:
+    if analysis.aggregate and len(analysis.per_map) > 1:
         panels.append((ALL_MAPS, analysis.aggregate))
     figure, axes = _figure(len(panels), height=0.35 * len(variants) + 1.5)
     colours = _colours(variants)
@@ -278,13 +316,14 @@ def plot_final_scores(analysis: MetricAnalysis, variants: List[str], path: Path)
         ax.set_yticks(range(len(variants)), variants)
         ax.invert_yaxis()
         ax.set_title(title)
-        ax.set_xlabel(f"IQM of final {analysis.metric} (95% CI)")
+        ax.set_xlabel("IQM of the final score (95% CI)")
+    figure.suptitle(f"final {analysis.metric}")
     figure.savefig(path, dpi=110)
 
 
 def plot_improvement(analysis: MetricAnalysis, variants: List[str], path: Path) -> bool:
     panels = [(m, analysis.per_map_poi[m]) for m in analysis.per_map_poi]
-    if analysis.aggregate_poi:
+    if analysis.aggregate_poi and len(analysis.per_map_poi) > 1:
         panels.append((ALL_MAPS, analysis.aggregate_poi))
     others = [v for v in variants if v != REFERENCE_VARIANT]
     if not others or not any(any(e is not None for e in p.values()) for _, p in panels):
@@ -301,7 +340,8 @@ def plot_improvement(analysis: MetricAnalysis, variants: List[str], path: Path) 
         ax.set_yticks(range(len(others)), others)
         ax.invert_yaxis()
         ax.set_title(title)
-        ax.set_xlabel(f"P(variant > {REFERENCE_VARIANT}) on final {analysis.metric}")
+        ax.set_xlabel(f"P(variant > {REFERENCE_VARIANT}) (95% CI)")
+    figure.suptitle(f"probability of improvement on final {analysis.metric}")
     figure.savefig(path, dpi=110)
     return True
 
@@ -309,16 +349,21 @@ def plot_improvement(analysis: MetricAnalysis, variants: List[str], path: Path) 
 def plot_curves(analysis: MetricAnalysis, variants: List[str], path: Path) -> bool:
     if not analysis.curves:
         return False
+    from matplotlib.ticker import EngFormatter
+
     figure, axes = _figure(len(analysis.curves))
     colours = _colours(variants)
     for ax, (title, (grid, curves)) in zip(axes, analysis.curves.items()):
         for variant, (point, low, high, n) in curves.items():
-            ax.plot(grid, point, color=colours[variant], label=f"{variant} ({n})", lw=1.5)
+            ax.plot(grid, point, color=colours[variant], label=variant, lw=1.5)
             ax.fill_between(grid, low, high, color=colours[variant], alpha=0.2, lw=0)
-        ax.set_title(title)
+        runs = sorted({curve[3] for curve in curves.values()})
+        ax.set_title(f"{title} (runs per variant: {runs[0]}{'–' + str(runs[-1]) if len(runs) > 1 else ''})")
         ax.set_xlabel("environment steps")
         ax.set_ylabel(f"IQM {analysis.metric}")
-    axes[0].legend(fontsize="x-small", title="variant (runs)", title_fontsize="x-small")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)), fontsize="small")
     figure.savefig(path, dpi=110)
     return True
 
@@ -366,7 +411,7 @@ def _fmt(estimate: Optional[stats.Estimate]) -> str:
 
 
 def run_table(records: List[RunRecord], metrics: List[str], last_k: int) -> str:
-    order = {FAILED: 0, INTERRUPTED: 1, RUNNING: 2, MISSING: 3, FINISHED: 4}
+    order = {FAILED: 0, CONFLICT: 1, INTERRUPTED: 2, RUNNING: 3, MISSING: 4, FINISHED: 5}
     rows = []
     for r in sorted(records, key=lambda r: (order.get(r.state, 5), r.variant, r.map_name, str(r.seed))):
         state = r.state if r.expected else f"{r.state} (not in sweep.yaml; not used)"
@@ -385,14 +430,14 @@ def build_report(sweep_dir, metric: str = REPORT_METRICS[0], out=None, last_k: i
     """Write ``report.md`` (or ``out``), ``figures/*.png`` and ``marl_eval.json``; return the
     report's path."""
     sweep_dir = Path(sweep_dir)
-    spec = read_sweep_file(sweep_dir)
+    spec, extension_notes = extend_with_copied_runs(read_sweep_file(sweep_dir), sweep_dir)
     out = Path(out) if out else sweep_dir / "report.md"
     figures_dir = sweep_dir / FIGURES_DIR
     figures_dir.mkdir(parents=True, exist_ok=True)
     records = collect_runs(spec, sweep_dir)
     metrics = [metric] + [m for m in REPORT_METRICS if m != metric]
     expected = [r for r in records if r.expected]
-    counts = {s: sum(1 for r in expected if r.state == s) for s in (FINISHED, FAILED, RUNNING, INTERRUPTED, MISSING)}
+    counts = {s: sum(1 for r in expected if r.state == s) for s in (FINISHED, FAILED, RUNNING, INTERRUPTED, MISSING, CONFLICT)}
     analyses = {m: analyse_metric(spec, records, m, last_k, reps, seed) for m in metrics}
     variants = list(spec.variants)
 
@@ -402,8 +447,10 @@ def build_report(sweep_dir, metric: str = REPORT_METRICS[0], out=None, last_k: i
     md.append("")
     md.append(f"**Runs:** {len(expected)} expected; {counts[FINISHED]} finished, {counts[FAILED]} failed, "
               f"{counts[RUNNING]} running, {counts[INTERRUPTED]} interrupted, {counts[MISSING]} missing"
+              + (f", {counts[CONFLICT]} conflicting (defined differently; not used)" if counts[CONFLICT] else "")
               + (f"; {len(records) - len(expected)} run folder(s) not in sweep.yaml (not used)" if len(records) > len(expected) else "")
-              + ". Only finished runs enter the statistics.")
+              + ". Only finished runs enter the statistics."
+              + "".join(f" Note: {note}." for note in extension_notes))
     md += ["", "## Summary", ""]
     headline = analyses[metric]
     if headline is None:
@@ -419,8 +466,9 @@ def build_report(sweep_dir, metric: str = REPORT_METRICS[0], out=None, last_k: i
         "averaged over maps; runs of X and of the reference resampled independently within each map for the CI.\n"
         "- Sample-efficiency curves: each run linearly interpolated onto a common grid of environment steps (the range every run "
         "covers); IQM and 95% CI at each grid point.\n"
-        f"- Implementation: rliable {_rliable_version()} (`aggregate_iqm`, `probability_of_improvement`, "
-        "`get_interval_estimates`). Scores are not normalised.\n"
+        f"- Implementation: rliable {_rliable_version()}'s stratified bootstrap (`get_interval_estimates`); IQM and "
+        "probability of improvement as defined by rliable, computed with numpy (checked against `rliable.metrics` in the "
+        "tests). Scores are not normalised.\n"
         "- Non-overlapping 95% CIs are a conservative sign of a difference; overlapping CIs do not show equality.")
     md += ["", "## Variants", ""]
     md.append(_table(["variant", "overrides", "description"],

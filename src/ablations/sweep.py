@@ -10,7 +10,6 @@ first run starts, naming the variant and map.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -23,7 +22,8 @@ import yaml
 
 from qmixlab.settings import ConfigError, available, compose_config, deep_merge, load_yaml, validate_config
 
-SWEEP_KEYS = ("name", "alg", "env", "base", "variants", "maps", "seeds", "per_map")
+# ``descriptions`` is written into the resolved ``sweep.yaml``, which is itself a valid sweep file.
+SWEEP_KEYS = ("name", "alg", "env", "base", "variants", "maps", "seeds", "per_map", "descriptions")
 REQUIRED_KEYS = ("name", "variants", "maps", "seeds")
 # Keys the sweep sets itself for every run; an override of them would be silently overridden.
 RESERVED_KEYS = ("alg", "env", "seed", "local_results_path", "progress_bar", "env_args.map_name")
@@ -156,6 +156,8 @@ def parse_sweep(raw: dict, source: str = "sweep", validate: bool = True) -> Swee
             raise ConfigError(f"{source}: per_map names map {map_name!r}, which is not in maps {maps}")
         per_map[map_name] = _mapping(overrides, f"per_map.{map_name}")
     variants, descriptions = _resolve_variants(raw["variants"])
+    stored = _mapping(raw.get("descriptions"), "descriptions")
+    descriptions.update({k: str(v) for k, v in stored.items() if k in variants})
     spec = SweepSpec(
         name=name, alg=str(raw.get("alg", "qmix")), env=str(raw.get("env", "smacsim")),
         base=_mapping(raw.get("base"), "base"), variants=variants, maps=list(maps),
@@ -269,10 +271,8 @@ def read_sweep_file(sweep_dir) -> SweepSpec:
     path = Path(sweep_dir) / "sweep.yaml"
     if not path.is_file():
         raise ConfigError(f"{str(sweep_dir)!r} is not a sweep folder: it has no sweep.yaml")
-    raw = yaml.safe_load(path.read_text())
-    descriptions = raw.pop("descriptions", {}) or {}
-    spec = parse_sweep(raw, source=str(path), validate=False)  # a past sweep stays reportable
-    return dataclasses.replace(spec, descriptions={**spec.descriptions, **descriptions})
+    # Not validated against today's schema: a past sweep stays reportable.
+    return parse_sweep(yaml.safe_load(path.read_text()), source=str(path), validate=False)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -324,6 +324,3 @@ def build_command(run: RunSpec, python: Optional[str] = None) -> List[str]:
                  for key, value in flatten_overrides(run.overrides, where=run.run_id).items()]
     return [python or sys.executable, "-m", "qmixlab", "-F", os.path.join(run_dir, "sacred"), "with", *fixed, *overrides]
 
-
-def describe_runs(runs: List[RunSpec]) -> str:
-    return json.dumps([run.to_dict() for run in runs], indent=1)

@@ -130,7 +130,7 @@ class AgentController(nn.Module):
             q, h = self.agent.step(obs, self._last_actions, self._hidden)
             actions = self._select(q, avail, t_env, test_mode, generator)
             self._hidden, self._last_actions = h, actions
-            return actions.cpu()
+            return actions.to("cpu", copy=True)  # the caller may modify it; our copy stays intact
         chosen = torch.zeros(n_envs, N, dtype=torch.long)
         if rows.numel() == 0:
             return chosen

@@ -61,8 +61,8 @@ def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
     r = sigmoid(W_ir x + b_ir + W_hr h + b_hr),  z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h.
 
-    With ``keep_for_backward`` it returns ``(Y, RZ, C, CN)``: RZ [T, M, 2H] holds r|z, and for an
-    incoming gradient d on h_t the pre-activation gradients are d * C[t, :, k] (k = 0: r, 1: z,
+    With ``keep_for_backward`` it returns ``(Y, RZ, C, CN)``: RZ [T, M, 2H] holds r|z, and for a
+    total gradient d on h_t the pre-activation gradients are d * C[t, :, k] (k = 0: r, 1: z,
     2: the hidden side of n, W_hn h + b_hn) and d * CN[t] (the input side of n).
     """
     T, M, I = x.shape
@@ -71,48 +71,53 @@ def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
     w_i_t, w_h_t = w_i.t(), w_h.t()
     K = min(GRU_CHUNK_STEPS, T)
     Y = x.new_empty(T, M, H)
-    G = x.new_empty(T + 1, M, H)  # carried state g_t = (h_t + 1) / 2, G[0] from h0
-    torch.add(x.new_tensor(0.5), h0, alpha=0.5, out=G[0])
-    gi_scratch = x.new_empty(K * M, 3 * H)  # chunk scratch: W_i x + b_i (n rows doubled)
-    gh = x.new_empty(K, M, 3 * H)  # chunk scratch: W_h h + b_h (n rows doubled)
-    s = x.new_empty(K, M, H)  # chunk scratch: (n + 1) / 2
+    # Chunk scratch. Per-step views are made once (unbind): slicing inside the loop would cost
+    # more Python time than the arithmetic.
+    G = x.new_empty(K + 1, M, H)  # carried state g = (h + 1) / 2; G[0] = state before the chunk
+    gi = x.new_empty(K, M, 3 * H)  # W_i x + b_i (n rows doubled)
+    gh = x.new_empty(K, M, 3 * H)  # W_h g + b_h (n rows doubled)
+    S = x.new_empty(K, M, H)  # s = (n + 1) / 2
+    RZ = x.new_empty(T if keep_for_backward else K, M, 2 * H)  # r | z
+    g_, s_, gh_ = G.unbind(0), S.unbind(0), gh.unbind(0)
+    gi_rz, gi_n = gi[..., : 2 * H].unbind(0), gi[..., 2 * H:].unbind(0)
+    gh_rz, gh_n = gh[..., : 2 * H].unbind(0), gh[..., 2 * H:].unbind(0)
+    rz_, r_, z_ = RZ.unbind(0), RZ[..., :H].unbind(0), RZ[..., H:].unbind(0)
     if keep_for_backward:
-        RZ = x.new_empty(T, M, 2 * H)
         C = x.new_empty(T, M, 3, H)
         CN = x.new_empty(T, M, H)
-    else:
-        rz_scratch = x.new_empty(K, M, 2 * H)
+    torch.add(x.new_tensor(0.5), h0, alpha=0.5, out=G[0])
     minus_one = x.new_tensor(-1.0)
     for c0 in range(0, T, K):
         c1 = min(c0 + K, T)
         k = c1 - c0
-        gi = torch.addmm(b_i, x[c0:c1].reshape(k * M, I), w_i_t, out=gi_scratch[: k * M]).view(k, M, 3 * H)
-        rz = RZ[c0:c1] if keep_for_backward else rz_scratch[:k]
+        torch.addmm(b_i, x[c0:c1].reshape(k * M, I), w_i_t, out=gi[:k].view(k * M, 3 * H))
+        o = c0 if keep_for_backward else 0  # where this chunk's r|z go
         for j in range(k):
-            g = G[c0 + j]
-            gh_j = torch.addmm(b_h, g, w_h_t, out=gh[j])
-            gi_j = gi[j]
-            rz_j = torch.add(gi_j[:, : 2 * H], gh_j[:, : 2 * H], out=rz[j]).sigmoid_()
-            s_j = torch.addcmul(gi_j[:, 2 * H:], rz_j[:, :H], gh_j[:, 2 * H:], out=s[j]).sigmoid_()
-            torch.lerp(s_j, g, rz_j[:, H:], out=G[c0 + j + 1])
-        torch.add(minus_one, G[c0 + 1: c1 + 1], alpha=2, out=Y[c0:c1])
+            g = g_[j]
+            torch.addmm(b_h, g, w_h_t, out=gh_[j])
+            torch.add(gi_rz[j], gh_rz[j], out=rz_[o + j]).sigmoid_()
+            torch.addcmul(gi_n[j], r_[o + j], gh_n[j], out=s_[j]).sigmoid_()
+            torch.lerp(s_[j], g, z_[o + j], out=g_[j + 1])
+        torch.add(minus_one, G[1: k + 1], alpha=2, out=Y[c0:c1])
         if keep_for_backward:
-            # Local derivatives, in terms of n = 2s - 1 and h = 2g - 1:
-            # dh'/dn = 1 - z, dn/da_n = 1 - n^2 = 4 s (1 - s), dh'/dz = h - n = 2 (g - s).
-            r, z, s_c, gh_n = rz[..., :H], rz[..., H:], s[:k], gh[:k, :, 2 * H:]
+            # Local derivatives, with n = 2s - 1 and h = 2g - 1: dh'/dn = 1 - z,
+            # dn/da_n = 1 - n^2 = 4 s (1 - s), dh'/dz = h - n = 2 (g - s).
+            rz, s_c = RZ[c0:c1], S[:k]
             sig_grad = rz * (1 - rz)  # r (1 - r) | z (1 - z)
-            c_n = torch.mul(s_c * (1 - s_c), 1 - z, out=CN[c0:c1]).mul_(4)
-            torch.mul(c_n, gh_n, out=C[c0:c1, :, 0]).mul_(sig_grad[..., :H]).mul_(0.5)  # gh_n is doubled
-            torch.mul(torch.sub(G[c0:c1], s_c).mul_(2), sig_grad[..., H:], out=C[c0:c1, :, 1])
-            torch.mul(c_n, r, out=C[c0:c1, :, 2])
+            c_n = torch.mul(s_c * (1 - s_c), 1 - rz[..., H:], out=CN[c0:c1]).mul_(4)
+            # gh's n rows are doubled, hence the 0.5
+            torch.mul(c_n, gh[:k, :, 2 * H:], out=C[c0:c1, :, 0]).mul_(sig_grad[..., :H]).mul_(0.5)
+            torch.mul(torch.sub(G[:k], s_c).mul_(2), sig_grad[..., H:], out=C[c0:c1, :, 1])
+            torch.mul(c_n, rz[..., :H], out=C[c0:c1, :, 2])
+        G[0].copy_(G[k])
     if keep_for_backward:
         return Y, RZ, C, CN
     return Y
 
 
 class _GRUSequence(torch.autograd.Function):
-    """``_gru_forward`` with a hand-written backward: four small ops per step for the recurrence;
-    everything else per chunk of steps."""
+    """``_gru_forward`` with a hand-written backward: three small ops per step for the
+    recurrence; everything else per chunk of steps."""
 
     @staticmethod
     def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh):
@@ -132,23 +137,28 @@ class _GRUSequence(torch.autograd.Function):
         grad_b_ih = w_ih.new_zeros(3 * H)
         grad_w_hh = w_hh.new_zeros(3 * H, H)
         grad_b_hh = w_hh.new_zeros(3 * H)
-        grad_h = grad_Y.new_empty(K, M, H)  # chunk scratch: total gradient on h_t
-        grad_gh = grad_Y.new_empty(K, M, 3, H)  # chunk scratch: gradients of W_h h + b_h
-        carry = None  # gradient on h_t arriving from step t + 1
+        # Chunk scratch: D = total gradient on h_t; grad_gh = gradients of W_hh h + b_hh.
+        D = grad_Y.new_empty(K, M, H)
+        grad_gh = grad_Y.new_empty(K, M, 3, H)
+        d_, d_row, ggh_ = D.unbind(0), D.unsqueeze(2).unbind(0), grad_gh.unbind(0)
+        ggh_flat = grad_gh.view(K, M, 3 * H).unbind(0)
+        c_, z_, gY_ = C.unbind(0), RZ[..., H:].unbind(0), grad_Y.unbind(0)
+        carry = grad_Y[T - 1]  # D for the last step of the chunk about to be processed
         for c0 in reversed(range(0, T, K)):
             c1 = min(c0 + K, T)
             k = c1 - c0
+            D[k - 1].copy_(carry)
             for j in reversed(range(k)):
                 t = c0 + j
-                if carry is None:
-                    grad_h[j].copy_(grad_Y[t])
-                else:
-                    torch.add(carry, grad_Y[t], out=grad_h[j])
-                torch.mul(C[t], grad_h[j].unsqueeze(1), out=grad_gh[j])
-                carry = torch.addmm(grad_h[j] * RZ[t, :, H:], grad_gh[j].view(M, 3 * H), w_hh)
+                torch.mul(c_[t], d_row[j], out=ggh_[j])
+                if t == 0:
+                    carry = torch.addmm(d_[j] * z_[t], ggh_flat[j], w_hh)  # gradient on h0
+                else:  # D_{t-1} = grad_Y[t-1] + D_t * z_t + grad_gh_t @ W_hh
+                    carry = torch.addmm(torch.addcmul(gY_[t - 1], d_[j], z_[t]), ggh_flat[j], w_hh,
+                                        out=d_[j - 1] if j > 0 else None)
             g_gh = grad_gh[:k].view(k * M, 3 * H)
             g_rz = g_gh[:, : 2 * H]  # the r and z gates have the same gradient on the input side
-            g_in = torch.mul(grad_h[:k], CN[c0:c1]).view(k * M, H)
+            g_in = torch.mul(D[:k], CN[c0:c1]).view(k * M, H)
             x_c = x[c0:c1].reshape(k * M, I)
             if grad_x is not None:
                 torch.addmm(g_in @ w_ih[2 * H:], g_rz, w_ih[: 2 * H], out=grad_x[c0:c1].view(k * M, I))
@@ -173,8 +183,11 @@ def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
     """
     if gru.num_layers != 1 or gru.bidirectional or gru.batch_first or not gru.bias:
         raise ValueError("gru_sequence supports a one-layer, unidirectional, seq-first GRU with biases")
+    if x.dim() != 3 or x.shape[0] == 0 or tuple(h0.shape) != (x.shape[1], gru.hidden_size):
+        raise ValueError(f"gru_sequence needs x [T >= 1, M, I] and h0 [M, {gru.hidden_size}], "
+                         f"got {tuple(x.shape)} and {tuple(h0.shape)}")
     if x.device.type != "cpu":
-        return gru(x, h0.unsqueeze(0))[0]
+        return gru(x, h0.unsqueeze(0).contiguous())[0]
     params = (gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0)
     w_ih, b_ih, w_hh, b_hh = params
     if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)):
@@ -256,6 +269,8 @@ class RNNAgent(nn.Module):
         """A whole sequence: obs [B, T, N, D], last_actions [B, T, N] long, hidden [B, N, H] or
         None (zeros) -> q [B, T, N, A] (contiguous)."""
         self._check_obs(obs, 4, "[B, T, N, obs_dim]")
+        if obs.shape[1] == 0:
+            raise ValueError(f"obs has no time steps: shape {tuple(obs.shape)}, expected T >= 1")
         la = self._time_major_actions(last_actions, obs, 1)
         q, _ = self._forward_time_major(obs.transpose(0, 1), la, hidden)
         return q.transpose(0, 1).contiguous()

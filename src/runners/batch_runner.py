@@ -88,10 +88,23 @@ class BatchRunner:
     def run(self, test_mode: bool = False):
         """One episode in every environment; returns ``(EpisodeBatch, EpisodeStats)``.
 
-        Training rollouts advance ``t_env`` by the number of environment steps taken.
+        Training rollouts advance ``t_env`` by the number of environment steps taken. Rows are
+        staged in preallocated arrays and written to the batch once, at the end.
         """
-        n = self.n_envs
-        batch = self.new_batch()
+        n, info = self.n_envs, self.env_info
+        T, n_agents = self.max_seq_length, info["n_agents"]
+        staged = {
+            "obs": np.zeros((n, T, n_agents, info["obs_shape"]), np.float32),
+            "state": np.zeros((n, T, info["state_shape"]), np.float32),
+            "avail_actions": np.zeros((n, T, n_agents, info["n_actions"]), bool),
+            "actions": np.zeros((n, T, n_agents, 1), np.int64),
+            "reward": np.zeros((n, T, 1), np.float32),
+            "terminated": np.zeros((n, T, 1), bool),
+            "timeout": np.zeros((n, T, 1), bool),
+            "filled": np.zeros((n, T, 1), bool),
+        }
+        if self.invalid_flag:
+            staged["invalid"] = np.zeros((n, T, 1), bool)
         self.env.reset()
         self.mac.init_hidden(n)
         running = np.ones(n, dtype=bool)  # episode not ended yet
@@ -99,36 +112,29 @@ class BatchRunner:
         stats = EpisodeStats(np.zeros(n, np.float64), np.zeros(n, np.int64), np.zeros(n, bool),
                              np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool))
         t = 0
-        self._write_observations(batch, acting, t)
+        obs, avail = self._stage_observations(staged, acting, t)
         while True:
-            obs = self._last_obs
-            avail = self._last_avail
             actions = self.mac.select_actions(obs, avail, t_env=self.t_env, test_mode=test_mode,
                                               env_mask=torch.as_tensor(acting))
             actions = np.asarray(actions.cpu() if isinstance(actions, torch.Tensor) else actions)
-            rows = np.flatnonzero(acting)
-            batch.update({"actions": actions[rows, :, None]}, bs=rows, ts=t)
+            staged["actions"][acting, t, :, 0] = actions[acting]
             if not running.any():
                 break
-            if t >= self.max_seq_length - 1:
+            if t >= T - 1:
                 raise RuntimeError(
-                    f"environment ran past its episode_limit={self.env_info['episode_limit']} "
+                    f"environment ran past its episode_limit={info['episode_limit']} "
                     "without reporting a time-out or a terminal state"
                 )
             step = self.env.step(actions, running)
-            rows = np.flatnonzero(running)
-            data = {
-                "reward": step.reward[rows, None],
-                "terminated": step.terminated[rows, None],
-                "timeout": step.timeout[rows, None],
-            }
+            staged["reward"][running, t, 0] = step.reward[running]
+            staged["terminated"][running, t, 0] = step.terminated[running]
+            staged["timeout"][running, t, 0] = step.timeout[running]
             if self.invalid_flag:
-                data["invalid"] = step.extra["invalid"][rows, None]
-            batch.update(data, bs=rows, ts=t)
-            stats.returns[rows] += step.reward[rows]
-            stats.lengths[rows] += 1
+                staged["invalid"][running, t, 0] = step.extra["invalid"][running]
+            stats.returns[running] += step.reward[running]
+            stats.lengths[running] += 1
             if not test_mode:
-                self.t_env += len(rows)
+                self.t_env += int(running.sum())
             ended = running & step.ended
             stats.battle_won[ended] = step.battle_won[ended]
             stats.dead_allies[ended] = step.dead_allies[ended]
@@ -137,19 +143,15 @@ class BatchRunner:
             acting = running.copy()  # continuing episodes and the final rows of ended ones
             running = running & ~step.ended
             t += 1
-            self._write_observations(batch, acting, t)
+            obs, avail = self._stage_observations(staged, acting, t)
+        batch = self.new_batch()
+        batch.update(staged, mark_filled=False)
         return batch, stats
 
-    def _write_observations(self, batch: EpisodeBatch, rows_mask: np.ndarray, t: int) -> None:
-        self._last_obs = self.env.get_obs()
-        self._last_avail = self.env.get_avail_actions()
-        rows = np.flatnonzero(rows_mask)
-        batch.update(
-            {
-                "obs": self._last_obs[rows],
-                "state": self.env.get_state()[rows],
-                "avail_actions": self._last_avail[rows],
-            },
-            bs=rows,
-            ts=t,
-        )
+    def _stage_observations(self, staged: dict, rows: np.ndarray, t: int):
+        obs, avail = self.env.get_obs(), self.env.get_avail_actions()
+        staged["obs"][rows, t] = obs[rows]
+        staged["state"][rows, t] = self.env.get_state()[rows]
+        staged["avail_actions"][rows, t] = avail[rows]
+        staged["filled"][rows, t] = True
+        return obs, avail
