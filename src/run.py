@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -178,7 +179,8 @@ def restore(settings, parts, logger, counters: LoopCounters, weights_only_for_ev
 # --------------------------------------------------------------------------- evaluation
 def run_tests(settings, parts) -> EpisodeStats:
     rounds = max(1, math.ceil(settings.test_nepisode / settings.batch_size_run))
-    return EpisodeStats.concatenate([parts.runner.run(test_mode=True)[1] for _ in range(rounds)])
+    with single_threaded():
+        return EpisodeStats.concatenate([parts.runner.run(test_mode=True)[1] for _ in range(rounds)])
 
 
 def evaluate(settings: RunSettings, logger: RunLogger) -> dict:
@@ -198,6 +200,18 @@ def evaluate(settings: RunSettings, logger: RunLogger) -> dict:
 
 
 # --------------------------------------------------------------------------- training
+@contextmanager
+def single_threaded():
+    """Rollouts run many tiny ops, which extra intra-op threads only slow down (measured: 46 ms
+    against 69 ms for an 8-environment 3m rollout on 2 cores); training keeps its threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _StopRequest:
     """Ctrl-C asks the loop to save and stop at the end of the current iteration; a second
     Ctrl-C interrupts at once."""
@@ -256,7 +270,8 @@ def train(settings: RunSettings, logger: RunLogger, models_dir: Optional[Path] =
     test_summary = {}
     with _StopRequest() as stop:
         while counters.t_env <= settings.t_max:
-            batch, stats = runner.run(test_mode=False)
+            with single_threaded():
+                batch, stats = runner.run(test_mode=False)
             buffer.insert_episode_batch(batch)
             logger.accumulate(stats.summary(), weight=len(stats.returns))
             logger.accumulate({"epsilon": learner.mac.action_selector.epsilon})

@@ -81,7 +81,7 @@ class RunSettings:
     env: str = "smacsim"
     seed: int = 0
     device: str = "cpu"
-    torch_threads: int = 1
+    torch_threads: int = 0
     # training loop (PyMARL's semantics and names)
     t_max: int = 2_050_000
     test_interval: int = 10_000

@@ -162,7 +162,9 @@ def test_gru_sequence_equals_nn_gru_values_and_gradients(monkeypatch, chunk, ste
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     grad_out = torch.randn_like(expected)
     inputs = [x, h0] + list(gru.parameters())
-    for g_ours, g_ref in zip(torch.autograd.grad(got, inputs, grad_out), torch.autograd.grad(expected, inputs, grad_out)):
+    ours = torch.autograd.grad(got, inputs, grad_out)
+    theirs = torch.autograd.grad(expected, inputs, grad_out)
+    for g_ours, g_ref in zip(ours, theirs):
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-11)
     with torch.no_grad():
         torch.testing.assert_close(gru_sequence(gru, x, h0), expected, rtol=1e-12, atol=1e-12)

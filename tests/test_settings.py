@@ -27,7 +27,10 @@ def test_shipped_algorithms_have_their_documented_values():
     iql = validate_config(dict(compose_config("iql", "smacsim"), seed=0))
     assert iql.mixer.name == "none" and iql.masks.normalisation == "valid_agent_steps"
     qmix = validate_config(dict(compose_config("qmix", "smacsim"), seed=0))
-    assert qmix.learner.optimiser == "rmsprop" and qmix.masks.timeout == "bootstrap"
+    assert qmix.learner.optimiser == "adam" and qmix.masks.timeout == "bootstrap"
+    pymarl = validate_config(dict(compose_config("qmix_pymarl", "smacsim"), seed=0))
+    assert pymarl.learner.optimiser == "rmsprop" and pymarl.learner.td_lambda == 0.0
+    assert pymarl.batch_size == 32 and pymarl.batch_size_run == 1
 
 
 @pytest.mark.parametrize(

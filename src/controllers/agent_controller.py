@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -123,7 +122,8 @@ class AgentController(nn.Module):
         if env_mask is not None:
             env_mask = torch.as_tensor(env_mask, device=device)
             if env_mask.dtype != torch.bool or tuple(env_mask.shape) != (n_envs,):
-                raise ValueError(f"env_mask must be bool [n_envs={n_envs}], got {tuple(env_mask.shape)} {env_mask.dtype}")
+                raise ValueError(f"env_mask must be bool [n_envs={n_envs}], "
+                                 f"got {tuple(env_mask.shape)} {env_mask.dtype}")
             if not bool(env_mask.all()):
                 rows = env_mask.nonzero().squeeze(1)
         if rows is None:

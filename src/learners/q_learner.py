@@ -128,8 +128,12 @@ class QLearner:
         needed = mask_rules.rows_needed_by_networks(step_mask, cuts_bootstrap, batch.max_seq_length)
 
         zero = torch.zeros((), device=self.device)
-        obs = torch.where(needed.unsqueeze(-1), obs, zero)
-        state = torch.where(needed, state, zero)
+        # Rows nothing reads form a suffix of each episode and cannot change the rows that are
+        # read (the networks are causal), so only non-finite values there need replacing.
+        if not torch.isfinite(obs.sum()):  # one reduction; NaN and inf propagate into the sum
+            obs = torch.where(needed.unsqueeze(-1), obs, zero)
+        if not torch.isfinite(state.sum()):
+            state = torch.where(needed, state, zero)
         rewards = torch.where(step_mask, rewards, zero)  # also zeroes flagged invalid steps
         if opts.standardise_rewards:
             rewards = mask_rules.standardise_over_valid(rewards, step_mask)

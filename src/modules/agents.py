@@ -55,6 +55,15 @@ def _carried_parameters(w_ih, b_ih, w_hh, b_hh):
             w_hh * (2 * scale)[:, None], (b_hh - w_hh.sum(1)) * scale)
 
 
+# The constant factors of the stored derivative coefficients, per gate (r, z, n): the backward
+# multiplies them into the weights it uses and into the weight gradients it returns.
+_COEFFICIENT_FACTORS = (2.0, 2.0, 4.0)
+
+
+def _gate_factors(like: torch.Tensor, hidden_dim: int) -> torch.Tensor:
+    return like.new_tensor(_COEFFICIENT_FACTORS).repeat_interleave(hidden_dim)
+
+
 def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
     """PyTorch's GRU over x [T, M, I] from h0 [M, H]; returns all hidden states Y [T, M, H].
 
@@ -62,8 +71,9 @@ def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h.
 
     With ``keep_for_backward`` it returns ``(Y, RZ, C, CN)``: RZ [T, M, 2H] holds r|z, and for a
-    total gradient d on h_t the pre-activation gradients are d * C[t, :, k] (k = 0: r, 1: z,
-    2: the hidden side of n, W_hn h + b_hn) and d * CN[t] (the input side of n).
+    total gradient d on h_t the pre-activation gradients are f_k * d * C[t, :, k] (k = 0: r,
+    1: z, 2: the hidden side of n, W_hn h + b_hn) and f_2 * d * CN[t] (the input side of n),
+    with the constant factors f = ``_COEFFICIENT_FACTORS`` left out (one op less each).
     """
     T, M, I = x.shape
     H = h0.shape[-1]
@@ -101,13 +111,14 @@ def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
         torch.add(minus_one, G[1: k + 1], alpha=2, out=Y[c0:c1])
         if keep_for_backward:
             # Local derivatives, with n = 2s - 1 and h = 2g - 1: dh'/dn = 1 - z,
-            # dn/da_n = 1 - n^2 = 4 s (1 - s), dh'/dz = h - n = 2 (g - s).
+            # dn/da_n = 1 - n^2 = 4 s (1 - s), dh'/dz = h - n = 2 (g - s); gh's n rows are 2x.
+            # Stored without their constant factors (2, 2, 4): see _COEFFICIENT_FACTORS.
             rz, s_c = RZ[c0:c1], S[:k]
-            sig_grad = rz * (1 - rz)  # r (1 - r) | z (1 - z)
-            c_n = torch.mul(s_c * (1 - s_c), 1 - rz[..., H:], out=CN[c0:c1]).mul_(4)
-            # gh's n rows are doubled, hence the 0.5
-            torch.mul(c_n, gh[:k, :, 2 * H:], out=C[c0:c1, :, 0]).mul_(sig_grad[..., :H]).mul_(0.5)
-            torch.mul(torch.sub(G[:k], s_c).mul_(2), sig_grad[..., H:], out=C[c0:c1, :, 1])
+            sig_grad = torch.addcmul(rz, rz, rz, value=-1)  # r (1 - r) | z (1 - z)
+            s_grad = torch.addcmul(s_c, s_c, s_c, value=-1)  # s (1 - s)
+            c_n = torch.addcmul(s_grad, s_grad, rz[..., H:], value=-1, out=CN[c0:c1])  # (1 - z) s (1 - s)
+            torch.mul(c_n, gh[:k, :, 2 * H:], out=C[c0:c1, :, 0]).mul_(sig_grad[..., :H])
+            torch.mul(torch.sub(G[:k], s_c), sig_grad[..., H:], out=C[c0:c1, :, 1])
             torch.mul(c_n, rz[..., :H], out=C[c0:c1, :, 2])
         G[0].copy_(G[k])
     if keep_for_backward:
@@ -137,6 +148,8 @@ class _GRUSequence(torch.autograd.Function):
         grad_b_ih = w_ih.new_zeros(3 * H)
         grad_w_hh = w_hh.new_zeros(3 * H, H)
         grad_b_hh = w_hh.new_zeros(3 * H)
+        f = _gate_factors(w_hh, H)  # C and CN lack these factors; the weights used here carry them
+        w_hh_f, w_ih_f = w_hh * f[:, None], w_ih * f[:, None]
         # Chunk scratch: D = total gradient on h_t; grad_gh = gradients of W_hh h + b_hh.
         D = grad_Y.new_empty(K, M, H)
         grad_gh = grad_Y.new_empty(K, M, 3, H)
@@ -152,16 +165,16 @@ class _GRUSequence(torch.autograd.Function):
                 t = c0 + j
                 torch.mul(c_[t], d_row[j], out=ggh_[j])
                 if t == 0:
-                    carry = torch.addmm(d_[j] * z_[t], ggh_flat[j], w_hh)  # gradient on h0
+                    carry = torch.addmm(d_[j] * z_[t], ggh_flat[j], w_hh_f)  # gradient on h0
                 else:  # D_{t-1} = grad_Y[t-1] + D_t * z_t + grad_gh_t @ W_hh
-                    carry = torch.addmm(torch.addcmul(gY_[t - 1], d_[j], z_[t]), ggh_flat[j], w_hh,
+                    carry = torch.addmm(torch.addcmul(gY_[t - 1], d_[j], z_[t]), ggh_flat[j], w_hh_f,
                                         out=d_[j - 1] if j > 0 else None)
             g_gh = grad_gh[:k].view(k * M, 3 * H)
             g_rz = g_gh[:, : 2 * H]  # the r and z gates have the same gradient on the input side
             g_in = torch.mul(D[:k], CN[c0:c1]).view(k * M, H)
             x_c = x[c0:c1].reshape(k * M, I)
             if grad_x is not None:
-                torch.addmm(g_in @ w_ih[2 * H:], g_rz, w_ih[: 2 * H], out=grad_x[c0:c1].view(k * M, I))
+                torch.addmm(g_in @ w_ih_f[2 * H:], g_rz, w_ih_f[: 2 * H], out=grad_x[c0:c1].view(k * M, I))
             grad_w_ih[: 2 * H].addmm_(g_rz.t(), x_c)
             grad_w_ih[2 * H:].addmm_(g_in.t(), x_c)
             grad_b_ih[: 2 * H] += g_rz.sum(0)
@@ -173,6 +186,8 @@ class _GRUSequence(torch.autograd.Function):
             else:
                 grad_w_hh.addmm_(g_gh.t(), Y[c0 - 1: c1 - 1].reshape(k * M, H))
             grad_b_hh += g_gh.sum(0)
+        for grad in (grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh):
+            grad.mul_(f if grad.dim() == 1 else f[:, None])
         return grad_x, grad_w_ih, grad_b_ih, carry, grad_w_hh, grad_b_hh
 
 
@@ -272,7 +287,12 @@ class RNNAgent(nn.Module):
         if obs.shape[1] == 0:
             raise ValueError(f"obs has no time steps: shape {tuple(obs.shape)}, expected T >= 1")
         la = self._time_major_actions(last_actions, obs, 1)
-        q, _ = self._forward_time_major(obs.transpose(0, 1), la, hidden)
+        B, T, N, _ = obs.shape
+        # fc1 in the batch's own layout, so the wide observations are never copied; only the
+        # narrow hidden activations are transposed to time-major for the recurrence.
+        x = self._input_layer(obs, None if la is None else la.transpose(0, 1))
+        x = x.view(B, T, N, self.hidden_dim).transpose(0, 1).reshape(T, B * N, self.hidden_dim)
+        q, _ = self._recur(x, hidden, T, B, N)
         return q.transpose(0, 1).contiguous()
 
     # -- internals ---------------------------------------------------------------------------
@@ -334,12 +354,16 @@ class RNNAgent(nn.Module):
     def _forward_time_major(self, obs_tm, last_actions_tm, hidden):
         """obs [T, B, N, D] -> (q [T, B, N, A], last hidden [B, N, H])."""
         T, B, N, _ = obs_tm.shape
+        x = self._input_layer(obs_tm, last_actions_tm).view(T, B * N, self.hidden_dim)
+        return self._recur(x, hidden, T, B, N)
+
+    def _recur(self, x, hidden, T, B, N):
+        """x [T, B*N, H] (after fc1) -> (q [T, B, N, A], last hidden [B, N, H])."""
         H = self.hidden_dim
         if hidden is None:
             hidden = self.initial_hidden(B)
         elif tuple(hidden.shape) != (B, N, H):
             raise ValueError(f"hidden has shape {tuple(hidden.shape)}, expected {(B, N, H)} [B, N, hidden_dim]")
-        x = self._input_layer(obs_tm, last_actions_tm).view(T, B * N, H)
         Y = gru_sequence(self.rnn, x, hidden.reshape(B * N, H))
         q = self.fc2(Y).view(T, B, N, self.n_actions)
         return q, Y[-1].view(B, N, H)
