@@ -100,14 +100,26 @@ def main():
     parser.add_argument("--out", default="results/solve")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--t-max", type=int, default=None, help="override every map's budget")
+    parser.add_argument("--merge", nargs="*", default=[],
+                        help="summary.json files of other invocations (e.g. maps trained in parallel)")
+    parser.add_argument("--plot-only", action="store_true", help="train nothing; summarise what is there")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for map_name in args.maps:
+    # Maps trained by earlier invocations into the same folder stay in the summary.
+    summary = out / "summary.json"
+    results = json.loads(summary.read_text()) if summary.exists() else []
+    for other in args.merge:
+        merged = {r["map"] for r in json.loads(Path(other).read_text())}
+        results = [r for r in results if r["map"] not in merged] + json.loads(Path(other).read_text())
+    for map_name in ([] if args.plot_only else args.maps):
         t_max, extra = BUDGETS.get(map_name, (2_000_000, []))
-        results.append(train_map(map_name, args.t_max or t_max, extra, out, args.seed))
-        (out / "summary.json").write_text(json.dumps(results, indent=1))
+        result = train_map(map_name, args.t_max or t_max, extra, out, args.seed)
+        results = [r for r in results if r["map"] != map_name] + [result]
+        summary.write_text(json.dumps(results, indent=1))
+    summary.write_text(json.dumps(results, indent=1))
+    order = list(BUDGETS)
+    results.sort(key=lambda r: order.index(r["map"]) if r["map"] in order else len(order))
     plot(results, out / "curves.png")
 
     lines = ["| map | env steps | wall clock (min) | best test win rate | final test win rate | "

@@ -222,3 +222,32 @@ def test_bad_arguments_raise_with_the_value():
         agent.unroll(obs, last[:, :-1])
     with pytest.raises(ValueError, match="hidden"):
         agent.unroll(obs, last, torch.zeros(B, N, H + 1))
+
+
+def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients():
+    from qmixlab.modules.agents import RAGGED_CHUNK_STEPS
+
+    torch.manual_seed(7)
+    B, T, N, D, A = 5, 3 * RAGGED_CHUNK_STEPS + 2, 3, 6, 4
+    agent = RNNAgent(D, A, N, hidden_dim=8).double()
+    obs = torch.randn(B, T, N, D, dtype=torch.float64)
+    last = torch.randint(0, A + 1, (B, T, N))
+    lengths = torch.tensor([T, 1, RAGGED_CHUNK_STEPS, 0, 2 * RAGGED_CHUNK_STEPS + 3])
+    needed = torch.arange(T)[None, :] < lengths[:, None]  # [B, T]
+    weights = torch.randn(B, T, N, A, dtype=torch.float64)
+
+    def loss_and_grads(q):
+        loss = (torch.where(needed[..., None, None], q, torch.zeros((), dtype=q.dtype)) * weights).sum()
+        grads = torch.autograd.grad(loss, list(agent.parameters()))
+        return loss, grads
+
+    full = agent.unroll(obs, last)
+    ragged = agent.unroll(obs, last, lengths=lengths)
+    torch.testing.assert_close(ragged[needed], full[needed], rtol=1e-12, atol=1e-12)
+    loss_full, grads_full = loss_and_grads(full)
+    loss_ragged, grads_ragged = loss_and_grads(ragged)
+    torch.testing.assert_close(loss_ragged, loss_full)
+    for g_ragged, g_full in zip(grads_ragged, grads_full):
+        torch.testing.assert_close(g_ragged, g_full, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="lengths must be an integer tensor of shape"):
+        agent.unroll(obs, last, lengths=torch.ones(B + 1, dtype=torch.long))

@@ -25,7 +25,7 @@ class PerRowQ(nn.Module):
         torch.manual_seed(seed)
         self.linear = nn.Linear(OBS_DIM, N_ACTIONS).double()
 
-    def unroll(self, obs, actions):
+    def unroll(self, obs, actions, lengths=None):  # computing every row is a valid way to skip none
         return self.linear(obs.double())
 
 
@@ -236,6 +236,30 @@ def test_invalid_steps_match_reference(mode):
     check_against_reference({"invalid_steps": mode}, "vdn", 0.6, batch=batch)
 
 
+@pytest.mark.parametrize("mixer", ["qmix", None])
+def test_skipping_unread_rows_changes_neither_loss_nor_gradients(mixer):
+    from qmixlab.controllers.agent_controller import AgentController
+    from qmixlab.modules.agents import RNNAgent
+
+    # Episodes of very different lengths, long enough to span several chunks, with NaN past
+    # every episode's end.
+    episodes = [{"length": 3, "end": "terminal"}, {"length": 21, "end": "timeout"},
+                {"length": 9, "end": "terminal", "dead": {0: 4}}, {"length": 17, "end": "terminal"}]
+    batch = build_batch(episodes, 24)
+    results = []
+    for skip in (False, True):
+        torch.manual_seed(3)
+        mac = AgentController(RNNAgent(OBS_DIM, N_ACTIONS, N_AGENTS, hidden_dim=16), None)
+        options = LearnerOptions(masks=MaskOptions(skip_unread_rows=skip), td_lambda=0.6)
+        learner = QLearner(mac, build_mixer(mixer, N_AGENTS, STATE_DIM), N_AGENTS, options)
+        learner.optimiser = torch.optim.SGD(learner.params, lr=0.0)
+        stats = learner.train(copy.deepcopy(batch))
+        results.append((stats["loss"], [p.grad.clone() for p in learner.params]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for g_all, g_skip in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(g_skip, g_all, rtol=1e-4, atol=1e-6)
+
+
 def test_trimming_does_not_change_the_loss():
     batch = build_batch(EPISODES, 12)
     losses = [loss_of(make_learner("vdn", LearnerOptions(masks=MaskOptions(trim_to_longest=trim))), batch)
@@ -311,8 +335,8 @@ def test_unavailable_actions_never_used_in_targets():
         return torch.where(avail[:, : q.shape[1]], q, torch.full_like(q, 1e6))
 
     online, target = learner.mac, learner.target_mac
-    online.unroll = lambda obs, actions: lure(obs, actions, online)
-    target.unroll = lambda obs, actions: lure(obs, actions, target)
+    online.unroll = lambda obs, actions, lengths=None: lure(obs, actions, online)
+    target.unroll = lambda obs, actions, lengths=None: lure(obs, actions, target)
     expected = reference_loss(batch[:, : batch.max_t_filled()], online, target, options, "vdn")
     stats = learner.train(copy.deepcopy(batch))
     assert abs(stats["target_mean"]) < 1e3  # a lured target would be ~ 1e6

@@ -61,6 +61,9 @@ class MaskOptions:
     masked_rows (8): ``keep`` masked rows and zero them at reduction, or ``drop`` them before
         the reduction; both give the same loss and gradients.
     trim_to_longest (9): cut the batch to its longest filled episode before any forward pass.
+    skip_unread_rows (9): run the networks only on the rows of each episode that the loss reads
+        (padding and post-terminal rows are skipped, in chunks of a few steps). Neither option
+        changes the loss or the gradients.
     """
 
     post_terminal_shift: bool = True
@@ -73,9 +76,11 @@ class MaskOptions:
     invalid_steps: str = "mask"
     masked_rows: str = "keep"
     trim_to_longest: bool = True
+    skip_unread_rows: bool = True
 
     def __post_init__(self):
-        for name in ("post_terminal_shift", "mask_padding", "target_avail_mask", "trim_to_longest"):
+        for name in ("post_terminal_shift", "mask_padding", "target_avail_mask", "trim_to_longest",
+                     "skip_unread_rows"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"masks.{name} must be a bool, got {getattr(self, name)!r}")
         _check_choice("normalisation", self.normalisation, NORMALISATIONS)

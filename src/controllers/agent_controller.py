@@ -54,14 +54,15 @@ class AgentController(nn.Module):
 
     # -- learning ----------------------------------------------------------------------------
 
-    def unroll(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def unroll(self, obs: torch.Tensor, actions: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Q-values [B, T, N, A] of stored episodes: obs [B, T, N, D], actions [B, T, N, 1] long
-        (the action taken at each step; only steps 0..T-2 are read, as last actions)."""
+        (the action taken at each step; only steps 0..T-2 are read, as last actions).
+        ``lengths`` [B]: rows each episode needs; later rows may be skipped (see RNNAgent.unroll)."""
         if (not isinstance(actions, torch.Tensor) or actions.dim() != 4 or actions.shape[-1] != 1
                 or actions.shape[:3] != obs.shape[:3]):
             got = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
             raise ValueError(f"actions must be [B, T, N, 1] matching obs {tuple(obs.shape)} [B, T, N, D], got {got}")
-        return self.agent.unroll(obs, last_actions_from_actions(actions, self.n_actions))
+        return self.agent.unroll(obs, last_actions_from_actions(actions, self.n_actions), lengths=lengths)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.unroll(obs, actions)

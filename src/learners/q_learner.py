@@ -125,24 +125,26 @@ class QLearner:
         invalid = batch["invalid"] if "invalid" in batch.scheme else None
         cuts_bootstrap, ends_episode = mask_rules.episode_end_flags(batch["terminated"], timeout, rules)
         step_mask = mask_rules.build_step_mask(batch["filled"], ends_episode, invalid, rules)
-        needed = mask_rules.rows_needed_by_networks(step_mask, cuts_bootstrap, batch.max_seq_length)
 
         zero = torch.zeros((), device=self.device)
         # Rows nothing reads form a suffix of each episode and cannot change the rows that are
-        # read (the networks are causal), so only non-finite values there need replacing.
-        if not torch.isfinite(obs.sum()):  # one reduction; NaN and inf propagate into the sum
+        # read (the networks are causal): they may be skipped, and only non-finite values there
+        # need replacing.
+        needed = mask_rules.rows_needed_by_networks(step_mask, cuts_bootstrap, batch.max_seq_length)
+        lengths = needed.sum(dim=(1, 2)) if rules.skip_unread_rows else None
+        if not bool(torch.isfinite(obs.sum())):  # one reduction: NaN and inf propagate
             obs = torch.where(needed.unsqueeze(-1), obs, zero)
-        if not torch.isfinite(state.sum()):
+        if not bool(torch.isfinite(state.sum())):
             state = torch.where(needed, state, zero)
         rewards = torch.where(step_mask, rewards, zero)  # also zeroes flagged invalid steps
         if opts.standardise_rewards:
             rewards = mask_rules.standardise_over_valid(rewards, step_mask)
 
-        agent_qs = self.mac.unroll(obs, actions)  # [B, T, N, A]
+        agent_qs = self.mac.unroll(obs, actions, lengths=lengths)  # [B, T, N, A]
         chosen_qs = agent_qs[:, :-1].gather(3, actions[:, :-1]).squeeze(3)  # [B, T-1, N]
 
         with torch.no_grad():
-            next_qs = self.target_mac.unroll(obs, actions)[:, 1:]
+            next_qs = self.target_mac.unroll(obs, actions, lengths=lengths)[:, 1:]
             next_avail = avail[:, 1:]
             if rules.target_avail_mask:
                 fill = rules.fill_value(next_qs.dtype)

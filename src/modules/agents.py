@@ -211,6 +211,11 @@ def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
         return _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False)
 
 
+# Time steps per chunk when skipping rows past episode ends: short enough that little is
+# computed past an episode's end, long enough that per-chunk overhead stays small.
+RAGGED_CHUNK_STEPS = 8
+
+
 class RNNAgent(nn.Module):
     """fc1 + ReLU -> GRU -> fc2, shared by ``n_agents`` agents; Q-values over ``n_actions``.
 
@@ -280,20 +285,59 @@ class RNNAgent(nn.Module):
         q, h = self._forward_time_major(obs.unsqueeze(0), self._time_major_actions(last_actions, obs, 0), hidden)
         return q[0], h
 
-    def unroll(self, obs: torch.Tensor, last_actions: Optional[torch.Tensor], hidden: Optional[torch.Tensor] = None):
+    def unroll(self, obs: torch.Tensor, last_actions: Optional[torch.Tensor], hidden: Optional[torch.Tensor] = None,
+               lengths: Optional[torch.Tensor] = None):
         """A whole sequence: obs [B, T, N, D], last_actions [B, T, N] long, hidden [B, N, H] or
-        None (zeros) -> q [B, T, N, A] (contiguous)."""
+        None (zeros) -> q [B, T, N, A] (contiguous).
+
+        ``lengths`` [B] (optional): only rows ``t < lengths[b]`` of episode ``b`` are needed. Rows
+        past an episode's length are then skipped where possible (see ``_unroll_ragged``): their
+        Q-values are zero or computed anyway, the needed rows are exactly as without ``lengths``.
+        """
         self._check_obs(obs, 4, "[B, T, N, obs_dim]")
         if obs.shape[1] == 0:
             raise ValueError(f"obs has no time steps: shape {tuple(obs.shape)}, expected T >= 1")
         la = self._time_major_actions(last_actions, obs, 1)
         B, T, N, _ = obs.shape
+        if lengths is not None:
+            if tuple(lengths.shape) != (B,) or lengths.is_floating_point():
+                raise ValueError(f"lengths must be an integer tensor of shape ({B},), got "
+                                 f"{tuple(lengths.shape)} {lengths.dtype}")
+            return self._unroll_ragged(obs, None if la is None else la.transpose(0, 1), hidden, lengths)
         # fc1 in the batch's own layout, so the wide observations are never copied; only the
         # narrow hidden activations are transposed to time-major for the recurrence.
         x = self._input_layer(obs, None if la is None else la.transpose(0, 1))
         x = x.view(B, T, N, self.hidden_dim).transpose(0, 1).reshape(T, B * N, self.hidden_dim)
         q, _ = self._recur(x, hidden, T, B, N)
         return q.transpose(0, 1).contiguous()
+
+    def _unroll_ragged(self, obs, last_actions, hidden, lengths):
+        """``unroll`` computing only the rows episodes need (masking axis 9: no forward passes on
+        padded or post-terminal rows). Episodes are sorted by length; time runs in chunks of
+        ``RAGGED_CHUNK_STEPS``, and each chunk only carries the episodes still running at its
+        start (a prefix in sorted order), continuing from the previous chunk's hidden states.
+        Autograd chains the chunks, so gradients equal the full unroll's for any loss that reads
+        needed rows only. Rows never computed hold zero Q-values.
+        """
+        B, T, N, _ = obs.shape
+        H, A = self.hidden_dim, self.n_actions
+        lengths = lengths.to(device=obs.device, dtype=torch.long).clamp(0, T)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        sorted_lengths = lengths[order].tolist()
+        h = self.initial_hidden(B) if hidden is None else hidden
+        h = h[order].reshape(B * N, H)
+        q_sorted = obs.new_zeros(B, T, N, A)
+        for t0 in range(0, sorted_lengths[0] if sorted_lengths else 0, RAGGED_CHUNK_STEPS):
+            t1 = min(t0 + RAGGED_CHUNK_STEPS, T)
+            k = sum(1 for length in sorted_lengths if length > t0)  # episodes still running
+            episodes = order[:k]
+            chunk_actions = None if last_actions is None else last_actions[episodes, t0:t1]
+            x = self._input_layer(obs[episodes, t0:t1], chunk_actions)
+            x = x.view(k, t1 - t0, N, H).transpose(0, 1).reshape(t1 - t0, k * N, H)
+            Y = gru_sequence(self.rnn, x, h[: k * N])
+            q_sorted[:k, t0:t1] = self.fc2(Y).view(t1 - t0, k, N, A).transpose(0, 1)
+            h = Y[-1]
+        return q_sorted.index_select(0, torch.argsort(order))
 
     # -- internals ---------------------------------------------------------------------------
 
