@@ -1,8 +1,6 @@
 """Atomic checkpoint writes, safe loading, and errors that name the file and the mismatch."""
 
 import os
-import pickle
-from pathlib import Path
 
 import pytest
 import torch

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +183,19 @@ def test_evaluate_loads_a_checkpoint_and_reports(tmp_path):
     result = cli("-u", "with", *CLI_SMALL, "evaluate=True", f"checkpoint_path={tmp_path / 'models'}",
                  f"local_results_path={tmp_path}", cwd=tmp_path)
     assert "test_battle_won_mean" in result.stderr
+
+
+def test_tensorboard_logging_is_optional_and_writes_events(tmp_path):
+    events_dir = tmp_path / "tb"
+    logger = RunLogger(sacred_run=RecordingRun(), tensorboard_dir=str(events_dir))
+    run_module.train(settings_for(tmp_path, t_max=300, save_model=False, use_tensorboard=True), logger)
+    logger.close()
+    files = list(events_dir.glob("events.out.tfevents.*"))
+    assert files and files[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events_dir))
+    accumulator.Reload()
+    assert "test_battle_won_mean" in accumulator.Tags()["scalars"]
+    # Off by default: the default config writes no TensorBoard folder.
+    assert validate_config(dict(compose_config("qmix", "smacsim"), seed=0)).use_tensorboard is False

@@ -394,12 +394,14 @@ def test_hard_and_soft_target_updates():
 
 
 def test_learner_options_validation():
-    with pytest.raises(KeyError, match="gama"):
-        LearnerOptions.from_dict({"gama": 0.9})
+    from qmixlab.settings import ConfigError, parse_section
+
+    with pytest.raises(ConfigError, match="did you mean 'learner.gamma'"):
+        parse_section(LearnerOptions, {"gama": 0.9}, "learner.")
     with pytest.raises(ValueError, match="optimiser='sgd'"):
         LearnerOptions(optimiser="sgd")
-    options = LearnerOptions.from_dict({"masks": {"timeout": "terminal"}, "td_lambda": 0.6})
-    assert options.masks.timeout == "terminal" and options.td_lambda == 0.6
+    options = parse_section(LearnerOptions, {"td_lambda": 0.6}, "learner.")
+    assert options.td_lambda == 0.6 and options.masks == MaskOptions()
 
 
 @pytest.mark.parametrize("mixer", ["qmix", "vdn", None])

@@ -8,6 +8,7 @@ import torch
 from qmixlab.components import masks
 from qmixlab.components.masks import MaskOptions
 from qmixlab.learners.targets import lambda_returns
+from qmixlab.settings import ConfigError, parse_section
 
 
 def column(values, dtype=torch.bool):
@@ -88,8 +89,8 @@ def test_rows_needed_excludes_post_terminal_but_keeps_timeout_bootstrap_row():
 def test_options_reject_bad_values_with_names():
     with pytest.raises(ValueError, match="normalisation='per_row'"):
         MaskOptions(normalisation="per_row")
-    with pytest.raises(KeyError, match="post_termnal_shift"):
-        MaskOptions.from_dict({"post_termnal_shift": False})
+    with pytest.raises(ConfigError, match="did you mean 'masks.post_terminal_shift'"):
+        parse_section(MaskOptions, {"post_termnal_shift": False}, "masks.")
     with pytest.raises(TypeError, match="avail_fill_value"):
         MaskOptions(avail_fill_value=[1])
     assert MaskOptions(avail_fill_value="-inf").fill_value(torch.float32) == -math.inf

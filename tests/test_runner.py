@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from qmixlab.envs import make_batched_env, make_env
+from qmixlab.envs import make_batched_env
 from qmixlab.runners.batch_runner import BatchRunner
 
 

@@ -137,7 +137,7 @@ def test_baneling_explodes_on_contact_splashes_enemies_and_dies():
 def test_medivac_heals_for_energy_and_regains_energy():
     env = BatchedSMACSim("MMM", seed=0)
     e = env.engine
-    na = env.n_agents  # slots: marauder 0-1, marine 2-8, medivac 9
+    # slots: marauder 0-1, marine 2-8, medivac 9
     ally = far_points(2) + [[10.0, 16.0]] + far_points(6, (1.0, 4.0)) + [[11.0, 16.0]]
     health = [0, 0, 20] + [0] * 6 + [150]
     enemy = [[30.0, 30.0]] + far_points(9, (1.0, 30.0))

@@ -17,7 +17,7 @@ reproduce PyMARL's QMIX except that time-outs bootstrap. Tensors are laid out
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
@@ -96,15 +96,6 @@ class MaskOptions:
                 f"masks.avail_fill_value must be a number or one of {list(NAMED_FILL_VALUES)}, "
                 f"got {fill!r}"
             )
-
-    @classmethod
-    def from_dict(cls, values: Optional[dict]) -> "MaskOptions":
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"unknown mask option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**values)
 
     def fill_value(self, dtype: torch.dtype) -> float:
         fill = self.avail_fill_value

@@ -7,8 +7,8 @@ masking decision is delegated to ``qmixlab.components.masks``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict
 
 import torch
 
@@ -59,17 +59,6 @@ class LearnerOptions:
             raise ValueError(f"grad_norm_clip={self.grad_norm_clip!r} must be positive")
         if not isinstance(self.masks, MaskOptions):
             raise TypeError(f"masks must be a MaskOptions, got {type(self.masks).__name__}")
-
-    @classmethod
-    def from_dict(cls, values: Optional[dict]) -> "LearnerOptions":
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"unknown learner option(s) {unknown}; known options: {sorted(known)}")
-        if "masks" in values and not isinstance(values["masks"], MaskOptions):
-            values["masks"] = MaskOptions.from_dict(values["masks"])
-        return cls(**values)
 
 
 class QLearner:

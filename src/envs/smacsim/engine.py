@@ -272,7 +272,7 @@ class CombatEngine:
         x, y = pos[..., 0], pos[..., 1]
         alive = hp > 0
         actor = alive & active_col
-        rows, cols, ar = self._rows, self._cols, self._arange
+        rows = self._rows
 
         # 1. Pairwise geometry; overlapping ground units are pushed apart (the push is small,
         #    so this sub-tick keeps using the distances measured before it).
@@ -308,7 +308,6 @@ class CombatEngine:
             masked = np.where(cand, edge[:, na:], np.inf)
             tgt_e = self.target[:, na:]
             has_e = tgt_e >= 0
-            ecols = self._enemy_cols
             t_dist = masked.take(self._flat_en + np.where(has_e, tgt_e, 0))
             keep = has_e & (t_dist <= self.leash_range[na:])
             a_idx = masked.argmin(2)

@@ -344,7 +344,7 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         dies; an agent attacks it when the attack is available, else moves toward it.
         Medivacs heal the nearest damaged ally, else follow the nearest ally.
         """
-        e, na, ne = self.engine, self.n_agents, self.n_enemies
+        e, na = self.engine, self.n_agents
         avail = self.get_avail_actions()
         rows = np.arange(self.n_envs)[:, None]
         alive = e.hp > 0
