@@ -224,9 +224,11 @@ def test_bad_arguments_raise_with_the_value():
         agent.unroll(obs, last, torch.zeros(B, N, H + 1))
 
 
-def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients():
+def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients(monkeypatch):
+    from qmixlab.modules import agents as agents_module
     from qmixlab.modules.agents import RAGGED_CHUNK_STEPS
 
+    monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_ROWS", 1)  # always skip here
     torch.manual_seed(7)
     B, T, N, D, A = 5, 3 * RAGGED_CHUNK_STEPS + 2, 3, 6, 4
     agent = RNNAgent(D, A, N, hidden_dim=8).double()

@@ -237,10 +237,12 @@ def test_invalid_steps_match_reference(mode):
 
 
 @pytest.mark.parametrize("mixer", ["qmix", None])
-def test_skipping_unread_rows_changes_neither_loss_nor_gradients(mixer):
+def test_skipping_unread_rows_changes_neither_loss_nor_gradients(mixer, monkeypatch):
     from qmixlab.controllers.agent_controller import AgentController
+    from qmixlab.modules import agents as agents_module
     from qmixlab.modules.agents import RNNAgent
 
+    monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_ROWS", 1)  # small batch: force skipping
     # Episodes of very different lengths, long enough to span several chunks, with NaN past
     # every episode's end.
     episodes = [{"length": 3, "end": "terminal"}, {"length": 21, "end": "timeout"},
