@@ -92,10 +92,10 @@ class QLearner:
             self.params += list(self.mixer.parameters())
         if options.optimiser == "rmsprop":
             self.optimiser = torch.optim.RMSprop(
-                self.params, lr=options.lr, alpha=options.optim_alpha, eps=options.optim_eps
+                self.params, lr=options.lr, alpha=options.optim_alpha, eps=options.optim_eps, foreach=True
             )
         else:
-            self.optimiser = torch.optim.Adam(self.params, lr=options.lr, eps=options.optim_eps)
+            self.optimiser = torch.optim.Adam(self.params, lr=options.lr, eps=options.optim_eps, foreach=True)
         self.last_target_update_episode = 0
         self.train_steps = 0
 
@@ -173,7 +173,7 @@ class QLearner:
 
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, opts.grad_norm_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, opts.grad_norm_clip, foreach=True)
         self.optimiser.step()
         self.train_steps += 1
         self._update_targets(episode_num)
