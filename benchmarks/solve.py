@@ -52,14 +52,22 @@ def train_map(map_name: str, t_max: int, extra: list, out: Path, seed: int) -> d
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - started
     run_dir = max((p for p in (folder / "sacred").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    result = summarise_run(map_name, run_dir, t_max)
+    result.update(wall_minutes=wall / 60.0, command=command[1:])
+    return result
+
+
+def summarise_run(map_name: str, run_dir: Path, t_max: int) -> dict:
+    """The test win-rate curve of one sacred run folder (also of a run stopped early)."""
     run_info = json.loads((run_dir / "run.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     start = _parse_time(run_info["start_time"])
     won = metrics["test_battle_won_mean"]
     curve = [{"t_env": s, "minutes": (_parse_time(ts) - start) / 60.0, "win_rate": v}
              for s, v, ts in zip(won["steps"], won["values"], won["timestamps"])]
-    return {"map": map_name, "t_max": t_max, "wall_minutes": wall / 60.0, "command": command[1:],
-            "curve": curve, "sacred_run": str(run_dir)}
+    stopped = _parse_time(run_info.get("stop_time") or run_info["heartbeat"])
+    return {"map": map_name, "t_max": t_max, "wall_minutes": (stopped - start) / 60.0,
+            "status": run_info["status"], "curve": curve, "sacred_run": str(run_dir)}
 
 
 def first_reaching(curve, threshold, key):
@@ -103,6 +111,8 @@ def main():
     parser.add_argument("--merge", nargs="*", default=[],
                         help="summary.json files of other invocations (e.g. maps trained in parallel)")
     parser.add_argument("--plot-only", action="store_true", help="train nothing; summarise what is there")
+    parser.add_argument("--adopt", nargs="*", default=[], metavar="MAP=SACRED_RUN_DIR",
+                        help="summarise existing sacred runs (e.g. one stopped early) instead of training")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +122,11 @@ def main():
     for other in args.merge:
         merged = {r["map"] for r in json.loads(Path(other).read_text())}
         results = [r for r in results if r["map"] not in merged] + json.loads(Path(other).read_text())
-    for map_name in ([] if args.plot_only else args.maps):
+    for adopted in args.adopt:
+        map_name, run_dir = adopted.split("=", 1)
+        result = summarise_run(map_name, Path(run_dir), BUDGETS.get(map_name, (0, []))[0])
+        results = [r for r in results if r["map"] != map_name] + [result]
+    for map_name in ([] if args.plot_only or args.adopt else args.maps):
         t_max, extra = BUDGETS.get(map_name, (2_000_000, []))
         result = train_map(map_name, args.t_max or t_max, extra, out, args.seed)
         results = [r for r in results if r["map"] != map_name] + [result]
@@ -122,14 +136,15 @@ def main():
     results.sort(key=lambda r: order.index(r["map"]) if r["map"] in order else len(order))
     plot(results, out / "curves.png")
 
-    lines = ["| map | env steps | wall clock (min) | best test win rate | final test win rate | "
+    lines = ["| map | env steps trained | wall clock (min) | best test win rate | final test win rate | "
              "first >= target at (min / steps) |", "|---|---|---|---|---|---|"]
     for r in results:
         wins = [p["win_rate"] for p in r["curve"]]
         target = TARGETS.get(r["map"])
         reached = "-" if target is None else (
             f"{first_reaching(r['curve'], target, 'minutes'):.1f} / {first_reaching(r['curve'], target, 't_env'):.0f}")
-        lines.append(f"| {r['map']} | {r['t_max']} | {r['wall_minutes']:.1f} | {max(wins):.2f} | {wins[-1]:.2f} "
+        trained = r["curve"][-1]["t_env"] if r["curve"] else 0
+        lines.append(f"| {r['map']} | {trained} | {r['wall_minutes']:.1f} | {max(wins):.2f} | {wins[-1]:.2f} "
                      f"| {reached} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
