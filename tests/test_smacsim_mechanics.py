@@ -134,6 +134,39 @@ def test_baneling_explodes_on_contact_splashes_enemies_and_dies():
     assert e.hp[0, na + 1] == 30.0
 
 
+def test_second_baneling_on_a_dying_target_keeps_its_charge_and_moves_on():
+    env = BatchedSMACSim("so_many_baneling", seed=0)
+    e = env.engine
+    na, ne = env.n_agents, env.n_enemies
+    # Two enemy banelings touch zealot 0 (edge distance 0.1) in the same sub-tick; zealot 1 is
+    # outside the blast (edge distance 4.125) but within sight.
+    ally = [[16.0, 16.0], [16.0, 21.0]] + far_points(na - 2)
+    enemy = [[16.975, 16.0], [15.025, 16.0]] + far_points(ne - 2, (1.0, 30.0))
+    alive_enemies = [30, 30] + [0] * (ne - 2)
+    # Zealot 0 without shield and with 10 HP: the first blast (35 - armour 1) kills it.
+    env.place_units(0, ally, enemy, ally_health=[10, 100] + [0] * (na - 2),
+                    ally_shield=[0, 50] + [0] * (na - 2), enemy_health=alive_enemies)
+    stop = np.array([[1, 1] + [0] * (na - 2)])  # dead agents may only no-op
+    env.step(stop)
+    assert e.hp[0, 0] == 0.0 and e.hp[0, na] == 0.0  # slot order: the first one detonates
+    assert e.hp[0, na + 1] == 30.0  # the second keeps its charge ...
+    assert e.target[0, na + 1] == 1  # ... takes the other zealot at once ...
+    # ... and runs at it for the second sub-tick (baneling speed 3.5).
+    moved = e.pos[0, na + 1] - np.array([15.025, 16.0])
+    heading = np.array([16.0 - 15.025, 21.0 - 16.0])
+    assert np.hypot(*moved) == pytest.approx(3.5 * SUBTICK_S, abs=1e-3)
+    assert moved @ heading / np.hypot(*heading) == pytest.approx(np.hypot(*moved), abs=1e-4)
+    assert e.sh[0, 1] == 50.0 and e.hp[0, 1] == 100.0
+
+    # A target that survives the first blast takes both (pooled: 70 raw, 50 on the shield,
+    # 20 through = 2 hits of 35 * 20/70 - 1 = 9 HP).
+    env.place_units(0, ally, enemy, ally_health=[100, 100] + [0] * (na - 2),
+                    enemy_health=alive_enemies)
+    env.step(stop)
+    assert e.hp[0, na] == 0.0 and e.hp[0, na + 1] == 0.0
+    assert e.sh[0, 0] == 0.0 and e.hp[0, 0] == pytest.approx(100 - 18)
+
+
 def test_medivac_heals_for_energy_and_regains_energy():
     env = BatchedSMACSim("MMM", seed=0)
     e = env.engine

@@ -28,9 +28,12 @@ Rules, for all units of all active environments at once:
   4. Damage: a hit's raw damage (base + bonus vs attribute) goes to shields first; the part that
      passes the shields is reduced by armour per hit, at least 0.5 per hit. Hits on the same
      target in the same sub-tick are pooled (exact for a single attacker). Banelings explode on
-     their first attack (2.2 splash, edge distance, enemies only) and die; colossus lances also
-     hit units on a 2.8-long line through the target, perpendicular to the shot. Medivacs heal
-     12.6 HP/s for 1 energy per 3 HP, within 4 (edge distance).
+     their first attack (2.2 splash, edge distance, enemies only) and die. The banelings of a
+     sub-tick (either team) detonate in slot order; one whose target the earlier blasts already
+     kill keeps its charge, and an enemy baneling whose target dies moves on at once to the
+     nearest unit within sight that no other baneling is after (else the nearest). Colossus
+     lances also hit units on a 2.8-long line through the target, perpendicular to the shot.
+     Medivacs heal 12.6 HP/s for 1 energy per 3 HP, within 4 (edge distance).
   5. Movement at unit speed toward the order's point / target. On maps with terrain, ground
      units follow a precomputed shortest-path flow field and slide along walls; colossi walk
      over cliffs. Shields regenerate 2.8/s after 7 s without damage; energy regenerates
@@ -340,6 +343,8 @@ class CombatEngine:
         t_edge = edge.take(self._flat_bn + tclip)
         in_range = t_edge <= self.wrange
         fire = engaged & in_range & self.can_shoot.take(self._flat_n + tclip) & (self.cd < dt)
+        if self.bane_idx.size:
+            fire = self._bane_detonations(fire, tclip, alive, dist)
 
         # 4. Damage, healing, deaths. Every hit is an event (env, attacker, target, hits, damage).
         fb, fi = np.nonzero(fire)
@@ -370,6 +375,7 @@ class CombatEngine:
                 self._hit_any = True
             if self.bane_idx.size:
                 hp[fire & self.is_bane] = 0.0  # banelings die in their own blast
+                self._retarget_enemy_banelings(hp > 0, edge)
         else:
             self.since_damage += dt
         if self.healer_rows.size:
@@ -415,6 +421,56 @@ class CombatEngine:
         self._move_units(vx * scale, vy * scale)
         if arrived.any():
             self.mode = np.where(arrived, IDLE, mode).astype(np.int8)
+
+    def _bane_detonations(self, fire, tclip, alive, dist):
+        """Banelings of a sub-tick detonate one after another (in slot order), as in SC2.
+
+        A baneling ready to fire detonates only if its target is still alive after the blasts
+        of the banelings before it (splash included, pooled by the damage rule of step 4);
+        otherwise it keeps its charge and moves on to another target. Each earlier ready
+        baneling is assumed to detonate, so a baneling is at worst held one sub-tick too long
+        but a blast is never spent on a dead unit.
+        """
+        bi = self.bane_idx
+        ready = fire[:, bi]  # [B, nb]
+        if ready.sum() < 2:
+            return fire
+        in_blast = (dist[:, bi] - self.radius) <= U.BANELING_SPLASH_RADIUS
+        blast = ready[:, :, None] & in_blast & alive[:, None, :] & self.bane_enemy_mask
+        raw_k = blast * self.dmg[bi]  # [B, nb, N]: raw damage of baneling k's blast on j
+        prior_raw = np.cumsum(raw_k, axis=1) - raw_k
+        prior_n = np.cumsum(blast, axis=1, dtype=np.float32) - blast
+        t = tclip[:, bi]  # [B, nb]
+        raw = np.take_along_axis(prior_raw, t[..., None], 2)[..., 0]
+        n = np.take_along_axis(prior_n, t[..., None], 2)[..., 0]
+        rows = self._rows
+        through = raw - np.minimum(self.sh[rows, t], raw)
+        # The pooled loss of step 4 (exact when all blasts on the target deal equal damage).
+        lost = np.where(through > 0, np.maximum(through - n * self.armor[t], 0.5 * n), 0.0)
+        fire = fire.copy()
+        fire[:, bi] = ready & (lost < self.hp[rows, t])
+        return fire
+
+    def _retarget_enemy_banelings(self, alive_now, edge):
+        """Enemy banelings whose target died move on at once to the nearest living enemy unit
+        within sight range, preferring one no other enemy baneling is after."""
+        bi = self.bane_idx[self.is_enemy[self.bane_idx]]
+        if not bi.size:
+            return
+        tgt = self.target[:, bi]
+        lost = alive_now[:, bi] & (tgt >= 0) & ~np.take_along_axis(
+            alive_now, np.maximum(tgt, 0), 1)
+        if not lost.any():
+            return
+        cand = self.can_target[bi] & alive_now[:, None, :]  # [B, nb, N]
+        d = np.where(cand, edge[:, bi], np.inf)
+        claims = np.zeros_like(alive_now, dtype=np.int64)
+        chasing = alive_now[:, bi] & (tgt >= 0) & ~lost
+        np.add.at(claims, (np.broadcast_to(self._rows, tgt.shape)[chasing], tgt[chasing]), 1)
+        free = np.where(claims[:, None, :] == 0, d, np.inf)
+        pick = np.where(np.isfinite(free.min(2)), free.argmin(2), d.argmin(2))
+        ok = np.take_along_axis(d, pick[..., None], 2)[..., 0] <= U.SIGHT_RANGE
+        self.target[:, bi] = np.where(lost, np.where(ok, pick, -1), tgt)
 
     def _splash_events(self, fire, tclip, alive, dist, fb, fi, ft, n_hits):
         """Replace baneling hits by their blast and add colossus lance hits (as hit events)."""
