@@ -101,7 +101,8 @@ class QLearner:
 
     # ------------------------------------------------------------------ training step
     def train(self, batch, t_env: int = 0, episode_num: int = 0) -> Dict[str, float]:
-        """One gradient step on ``batch`` (an ``EpisodeBatch`` in the compute layout)."""
+        """One gradient step on ``batch`` (an ``EpisodeBatch`` in the compute layout, as
+        ``ReplayBuffer.sample`` returns it; it is moved to the learner's device in place)."""
         opts, rules = self.options, self.options.masks
         if rules.trim_to_longest:
             batch = batch[:, : max(batch.max_t_filled(), 2)]
