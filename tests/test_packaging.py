@@ -1,6 +1,7 @@
 """The package installs as a wheel in a fresh virtual environment and ships its configs."""
 
 import os
+import site
 import subprocess
 import sys
 import venv
@@ -27,20 +28,26 @@ def test_wheel_installs_in_fresh_venv_and_loads_a_shipped_config(tmp_path):
     wheels = list(dist.glob("qmixlab-*.whl"))
     assert len(wheels) == 1, wheels
     env_dir = tmp_path / "venv"
-    # The fresh environment sees the already installed heavy dependencies (torch, sacred) but
-    # not the editable qmixlab: the import below must resolve to the wheel.
-    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
+    # The dependencies (torch, sacred, PyYAML) come from this interpreter's site-packages through a
+    # plain path entry; the editable install there stays inactive (.pth hooks only run in real
+    # site directories), so ``import qmixlab`` must resolve to the wheel.
+    venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    parents = [p for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()]
+    (Path(venv_site) / "qmixlab_test_dependencies.pth").write_text("\n".join(parents) + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheels[0])],
                    check=True, capture_output=True, text=True)
     probe = (
-        "import importlib.resources as r, yaml, qmixlab;"
-        "print(qmixlab.__file__);"
-        "cfg = yaml.safe_load((r.files('qmixlab.config') / 'default.yaml').read_text());"
-        "print(sorted(cfg)[:3])"
+        "import qmixlab, qmixlab.learners, qmixlab.envs.smacsim.env, qmixlab.ablations;"
+        "from qmixlab.settings import compose_config, validate_config, available;"
+        "run = validate_config(dict(compose_config('qmix', 'smacsim'), seed=0));"
+        "print(qmixlab.__file__); print(run.mixer.name, run.env_args['map_name'], available('ablations')[:2])"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([str(python), "-c", probe], check=True, capture_output=True, text=True,
                             cwd=tmp_path, env=env)
-    assert "site-packages" in result.stdout.splitlines()[0]
-    assert str(ROOT / "src") not in result.stdout
+    location, loaded = result.stdout.splitlines()[:2]
+    assert Path(location).resolve().is_relative_to(Path(venv_site).resolve()), location
+    assert loaded.startswith("qmix 3m ["), loaded
