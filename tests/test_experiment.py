@@ -199,3 +199,24 @@ def test_tensorboard_logging_is_optional_and_writes_events(tmp_path):
     assert "test_battle_won_mean" in accumulator.Tags()["scalars"]
     # Off by default: the default config writes no TensorBoard folder.
     assert validate_config(dict(compose_config("qmix", "smacsim"), seed=0)).use_tensorboard is False
+
+
+def test_environment_flagged_invalid_steps_reach_the_buffer_and_the_mask(tmp_path):
+    settings = settings_for(tmp_path, env_args={"map_name": "3m", "flag_invalid_steps": True})
+    parts = run_module.build_components(settings)
+    assert "invalid" in parts.runner.scheme
+
+    class StopForever:  # every live ally stops while the enemy shoots: flagged invalid steps
+        def init_hidden(self, n):
+            pass
+
+        def select_actions(self, obs, avail, t_env, test_mode=False, env_mask=None):
+            return torch.as_tensor(avail[..., 1].astype("int64"))
+
+    parts.runner.mac = StopForever()
+    batch, _ = parts.runner.run()
+    parts.buffer.insert_episode_batch(batch)
+    sample = parts.buffer.sample(1)
+    assert sample["invalid"].any(), "no step was flagged"
+    # Without the option the field is not stored at all.
+    assert "invalid" not in run_module.build_components(settings_for(tmp_path)).runner.scheme

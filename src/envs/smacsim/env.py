@@ -301,13 +301,16 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         return self.features.state(obs, self._last_action, self._steps)
 
     def get_env_info(self) -> dict:
-        return {
+        info = {
             "state_shape": self.state_size,
             "obs_shape": self.obs_size,
             "n_actions": self.n_actions,
             "n_agents": self.n_agents,
             "episode_limit": self.episode_limit,
         }
+        if self.opts["flag_invalid_steps"]:
+            info["flags_invalid_steps"] = True  # the runner then stores BatchedStep.extra["invalid"]
+        return info
 
     def get_stats(self) -> dict:
         return {
