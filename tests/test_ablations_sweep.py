@@ -65,11 +65,14 @@ def raw_sweep(**updates):
     return raw
 
 
-def test_expansion_is_variants_by_maps_by_seeds_with_overrides_in_order(tmp_path):
+def test_expansion_is_seeds_by_maps_by_variants_with_overrides_in_order(tmp_path):
     spec = sweep.parse_sweep(raw_sweep(variants=["standard", {"long": {"t_max": 9000}}, {"lr_low": {"learner": {"lr": 0.0001}}}]))
     runs = sweep.expand(spec, tmp_path)
     assert len(runs) == 3 * 2 * 2
     assert len({r.run_id for r in runs}) == len(runs)
+    # seed-major: a sweep stopped part-way has every variant on its first seeds
+    assert [r.seed for r in runs] == [0] * 6 + [1] * 6
+    assert [(r.map_name, r.variant) for r in runs[:6]] == [(m, v) for m in ("3m", "2s3z") for v in ("standard", "long", "lr_low")]
     by_id = {r.run_id: r for r in runs}
     assert by_id["standard__3m__seed0"].overrides == {"t_max": 5000, "save_model": False}
     assert by_id["standard__2s3z__seed1"].overrides["t_max"] == 8000  # per_map over base

@@ -178,7 +178,7 @@ def test_gru_sequence_passes_gradcheck():
     h0 = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
 
     def fn(x, h0, w_ih, b_ih, w_hh, b_hh):
-        return agents_module._GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh)
+        return agents_module._GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, None)
 
     assert torch.autograd.gradcheck(fn, (x, h0, w_ih, b_ih, w_hh, b_hh))
 
@@ -226,9 +226,9 @@ def test_bad_arguments_raise_with_the_value():
 
 def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients(monkeypatch):
     from qmixlab.modules import agents as agents_module
-    from qmixlab.modules.agents import RAGGED_CHUNK_STEPS
+    from qmixlab.modules.agents import GRU_CHUNK_STEPS as RAGGED_CHUNK_STEPS
 
-    monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_ROWS", 1)  # always skip here
+    monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_FRACTION", 0.0)  # always skip here
     torch.manual_seed(7)
     B, T, N, D, A = 5, 3 * RAGGED_CHUNK_STEPS + 2, 3, 6, 4
     agent = RNNAgent(D, A, N, hidden_dim=8).double()
@@ -246,6 +246,7 @@ def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients(mon
     full = agent.unroll(obs, last)
     ragged = agent.unroll(obs, last, lengths=lengths)
     torch.testing.assert_close(ragged[needed], full[needed], rtol=1e-12, atol=1e-12)
+    assert not ragged[3].any()  # an episode of length 0 is never computed: zero Q-values
     loss_full, grads_full = loss_and_grads(full)
     loss_ragged, grads_ragged = loss_and_grads(ragged)
     torch.testing.assert_close(loss_ragged, loss_full)
@@ -253,3 +254,52 @@ def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients(mon
         torch.testing.assert_close(g_ragged, g_full, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="lengths must be an integer tensor of shape"):
         agent.unroll(obs, last, lengths=torch.ones(B + 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_gru_sequence_with_chunk_rows_equals_each_sequence_alone(monkeypatch, chunk):
+    """Sequences sorted by length, each chunk computing only those still running at its start:
+    every computed row, and every gradient that reaches computed rows only, equals nn.GRU run on
+    that sequence alone; rows never computed are zero."""
+    monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", chunk)
+    torch.manual_seed(chunk)
+    T, I, Hd = 11, 5, 6
+    lengths = [11, 9, 6, 6, 2, 0]  # sorted, longest first
+    M = len(lengths)
+    gru = nn.GRU(I, Hd).double()
+    x = torch.randn(T, M, I, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(M, Hd, dtype=torch.double, requires_grad=True)
+    starts = range(0, T, chunk)
+    chunk_rows = [sum(1 for n in lengths if n > t0) for t0 in starts]
+    computed = torch.zeros(T, M, dtype=torch.bool)
+    for t0, rows in zip(starts, chunk_rows):
+        computed[t0: t0 + chunk, :rows] = True
+    got = gru_sequence(gru, x, h0, chunk_rows)
+    assert not got[~computed].any()
+    weights = torch.randn(T, M, Hd, dtype=torch.double)
+    needed = torch.arange(T)[:, None] < torch.tensor(lengths)[None, :]  # [T, M]
+    assert bool(computed[needed].all())
+    inputs = [x, h0] + list(gru.parameters())
+    loss = (torch.where(needed[..., None], got, 0.0) * weights).sum()
+    ours = torch.autograd.grad(loss, inputs)
+    reference_loss = 0.0
+    for m, n in enumerate(lengths):  # the slow way: each sequence alone
+        if n == 0:
+            continue
+        alone = gru(x[:n, m: m + 1], h0[m: m + 1].unsqueeze(0))[0]
+        torch.testing.assert_close(got[:n, m: m + 1], alone, rtol=1e-12, atol=1e-12)
+        reference_loss = reference_loss + (alone * weights[:n, m: m + 1]).sum()
+    theirs = torch.autograd.grad(reference_loss, inputs)
+    for g_ours, g_ref in zip(ours, theirs):
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-11)
+    with torch.no_grad():
+        torch.testing.assert_close(gru_sequence(gru, x, h0, chunk_rows), got.detach(), rtol=0, atol=0)
+
+
+def test_gru_sequence_rejects_bad_chunk_rows(monkeypatch):
+    monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", 4)
+    gru = nn.GRU(2, 3)
+    x, h0 = torch.randn(9, 4, 2), torch.zeros(4, 3)
+    for bad in ([4, 4], [4, 5, 1], [2, 3, 1], [4, 2, -1]):
+        with pytest.raises(ValueError, match=r"chunk_rows must give, for each of the 3 chunks of 4 steps"):
+            gru_sequence(gru, x, h0, bad)

@@ -242,7 +242,7 @@ def test_skipping_unread_rows_changes_neither_loss_nor_gradients(mixer, monkeypa
     from qmixlab.modules import agents as agents_module
     from qmixlab.modules.agents import RNNAgent
 
-    monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_ROWS", 1)  # small batch: force skipping
+    monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_FRACTION", 0.0)  # small batch: force skipping
     # Episodes of very different lengths, long enough to span several chunks, with NaN past
     # every episode's end.
     episodes = [{"length": 3, "end": "terminal"}, {"length": 21, "end": "timeout"},

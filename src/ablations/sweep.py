@@ -199,14 +199,15 @@ def validate_sweep(spec: SweepSpec) -> None:
 
 
 def expand(spec: SweepSpec, sweep_dir) -> List[RunSpec]:
-    """All runs of the sweep, variant-major (every variant's seeds of a map run close together)."""
+    """All runs of the sweep, seed-major: every variant's run of a map and seed comes before any
+    variant's next seed, so a sweep stopped part-way still compares every variant (on fewer seeds)."""
     runs_dir = Path(sweep_dir).resolve() / "runs"
     runs = []
-    for variant in spec.variants:
+    for seed in spec.seeds:
         for map_name in spec.maps:
-            overrides = run_overrides(spec, variant, map_name)
-            for seed in spec.seeds:
+            for variant in spec.variants:
                 rid = run_id(variant, map_name, seed)
+                overrides = run_overrides(spec, variant, map_name)
                 runs.append(RunSpec(rid, variant, map_name, seed, spec.alg, spec.env, overrides, str(runs_dir / rid)))
     return runs
 

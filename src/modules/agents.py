@@ -64,11 +64,28 @@ def _gate_factors(like: torch.Tensor, hidden_dim: int) -> torch.Tensor:
     return like.new_tensor(_COEFFICIENT_FACTORS).repeat_interleave(hidden_dim)
 
 
-def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
+def _chunk_bounds(T: int, chunk_rows, M: int):
+    """``[(c0, c1, rows)]`` per chunk of ``GRU_CHUNK_STEPS`` steps; ``rows`` is how many leading
+    rows of x the chunk computes (all M without ``chunk_rows``)."""
+    K = min(GRU_CHUNK_STEPS, T)
+    starts = range(0, T, K)
+    if chunk_rows is None:
+        return [(c0, min(c0 + K, T), M) for c0 in starts]
+    rows = [int(r) for r in chunk_rows]
+    if len(rows) != len(starts) or any(not 0 <= r <= M for r in rows) or any(a < b for a, b in zip(rows, rows[1:])):
+        raise ValueError(f"chunk_rows must give, for each of the {len(starts)} chunks of {K} steps, a row count "
+                         f"in [0, {M}] that never increases; got {rows}")
+    return [(c0, min(c0 + K, T), m) for c0, m in zip(starts, rows) if m > 0]
+
+
+def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool, chunk_rows=None):
     """PyTorch's GRU over x [T, M, I] from h0 [M, H]; returns all hidden states Y [T, M, H].
 
     r = sigmoid(W_ir x + b_ir + W_hr h + b_hr),  z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h.
+
+    ``chunk_rows`` (optional, see ``gru_sequence``): chunk c computes only rows ``[:chunk_rows[c]]``;
+    the other rows of Y are zero.
 
     With ``keep_for_backward`` it returns ``(Y, RZ, C, CN)``: RZ [T, M, 2H] holds r|z, and for a
     total gradient d on h_t the pre-activation gradients are f_k * d * C[t, :, k] (k = 0: r,
@@ -77,49 +94,58 @@ def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool):
     """
     T, M, I = x.shape
     H = h0.shape[-1]
+    chunks = _chunk_bounds(T, chunk_rows, M)
     w_i, b_i, w_h, b_h = _carried_parameters(w_ih, b_ih, w_hh, b_hh)
     w_i_t, w_h_t = w_i.t(), w_h.t()
     K = min(GRU_CHUNK_STEPS, T)
-    Y = x.new_empty(T, M, H)
-    # Chunk scratch. Per-step views are made once (unbind): slicing inside the loop would cost
-    # more Python time than the arithmetic.
-    G = x.new_empty(K + 1, M, H)  # carried state g = (h + 1) / 2; G[0] = state before the chunk
-    gi = x.new_empty(K, M, 3 * H)  # W_i x + b_i (n rows doubled)
-    gh = x.new_empty(K, M, 3 * H)  # W_h g + b_h (n rows doubled)
-    S = x.new_empty(K, M, H)  # s = (n + 1) / 2
+    Y = x.new_empty(T, M, H) if chunk_rows is None else x.new_zeros(T, M, H)
     RZ = x.new_empty(T if keep_for_backward else K, M, 2 * H)  # r | z
-    g_, s_, gh_ = G.unbind(0), S.unbind(0), gh.unbind(0)
-    gi_rz, gi_n = gi[..., : 2 * H].unbind(0), gi[..., 2 * H:].unbind(0)
-    gh_rz, gh_n = gh[..., : 2 * H].unbind(0), gh[..., 2 * H:].unbind(0)
-    rz_, r_, z_ = RZ.unbind(0), RZ[..., :H].unbind(0), RZ[..., H:].unbind(0)
     if keep_for_backward:
         C = x.new_empty(T, M, 3, H)
         CN = x.new_empty(T, M, H)
-    torch.add(x.new_tensor(0.5), h0, alpha=0.5, out=G[0])
     minus_one = x.new_tensor(-1.0)
-    for c0 in range(0, T, K):
-        c1 = min(c0 + K, T)
+    G = None
+    m_views = -1
+    for c0, c1, m in chunks:
         k = c1 - c0
-        torch.addmm(b_i, x[c0:c1].reshape(k * M, I), w_i_t, out=gi[:k].view(k * M, 3 * H))
         o = c0 if keep_for_backward else 0  # where this chunk's r|z go
+        if m != m_views:
+            # Chunk scratch for m rows, and its per-step views, made once per row count:
+            # slicing inside the step loop would cost more Python time than the arithmetic.
+            previous = G
+            G = x.new_empty(K + 1, m, H)  # carried state g = (h + 1) / 2; G[0] = state before the chunk
+            gi = x.new_empty(K, m, 3 * H)  # W_i x + b_i (n rows doubled)
+            gh = x.new_empty(K, m, 3 * H)  # W_h g + b_h (n rows doubled)
+            S = x.new_empty(K, m, H)  # s = (n + 1) / 2
+            g_, s_, gh_ = G.unbind(0), S.unbind(0), gh.unbind(0)
+            gi_rz, gi_n = gi[..., : 2 * H].unbind(0), gi[..., 2 * H:].unbind(0)
+            gh_rz, gh_n = gh[..., : 2 * H].unbind(0), gh[..., 2 * H:].unbind(0)
+            RZ_m = RZ[:, :m]
+            rz_, r_, z_ = RZ_m.unbind(0), RZ_m[..., :H].unbind(0), RZ_m[..., H:].unbind(0)
+            if previous is None:
+                torch.add(x.new_tensor(0.5), h0[:m], alpha=0.5, out=G[0])
+            else:
+                G[0].copy_(previous[0, :m])
+            m_views = m
+        torch.addmm(b_i, x[c0:c1, :m].reshape(k * m, I), w_i_t, out=gi[:k].view(k * m, 3 * H))
         for j in range(k):
             g = g_[j]
             torch.addmm(b_h, g, w_h_t, out=gh_[j])
             torch.add(gi_rz[j], gh_rz[j], out=rz_[o + j]).sigmoid_()
             torch.addcmul(gi_n[j], r_[o + j], gh_n[j], out=s_[j]).sigmoid_()
             torch.lerp(s_[j], g, z_[o + j], out=g_[j + 1])
-        torch.add(minus_one, G[1: k + 1], alpha=2, out=Y[c0:c1])
+        torch.add(minus_one, G[1: k + 1], alpha=2, out=Y[c0:c1, :m])
         if keep_for_backward:
             # Local derivatives, with n = 2s - 1 and h = 2g - 1: dh'/dn = 1 - z,
             # dn/da_n = 1 - n^2 = 4 s (1 - s), dh'/dz = h - n = 2 (g - s); gh's n rows are 2x.
             # Stored without their constant factors (2, 2, 4): see _COEFFICIENT_FACTORS.
-            rz, s_c = RZ[c0:c1], S[:k]
+            rz, s_c = RZ[c0:c1, :m], S[:k]
             sig_grad = torch.addcmul(rz, rz, rz, value=-1)  # r (1 - r) | z (1 - z)
             s_grad = torch.addcmul(s_c, s_c, s_c, value=-1)  # s (1 - s)
-            c_n = torch.addcmul(s_grad, s_grad, rz[..., H:], value=-1, out=CN[c0:c1])  # (1 - z) s (1 - s)
-            torch.mul(c_n, gh[:k, :, 2 * H:], out=C[c0:c1, :, 0]).mul_(sig_grad[..., :H])
-            torch.mul(torch.sub(G[:k], s_c), sig_grad[..., H:], out=C[c0:c1, :, 1])
-            torch.mul(c_n, rz[..., :H], out=C[c0:c1, :, 2])
+            c_n = torch.addcmul(s_grad, s_grad, rz[..., H:], value=-1, out=CN[c0:c1, :m])  # (1 - z) s (1 - s)
+            torch.mul(c_n, gh[:k, :, 2 * H:], out=C[c0:c1, :m, 0]).mul_(sig_grad[..., :H])
+            torch.mul(torch.sub(G[:k], s_c), sig_grad[..., H:], out=C[c0:c1, :m, 1])
+            torch.mul(c_n, rz[..., :H], out=C[c0:c1, :m, 2])
         G[0].copy_(G[k])
     if keep_for_backward:
         return Y, RZ, C, CN
@@ -131,9 +157,10 @@ class _GRUSequence(torch.autograd.Function):
     recurrence; everything else per chunk of steps."""
 
     @staticmethod
-    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh):
-        Y, RZ, C, CN = _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=True)
+    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, chunk_rows):
+        Y, RZ, C, CN = _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=True, chunk_rows=chunk_rows)
         ctx.save_for_backward(x, w_ih, h0, w_hh, Y, RZ, C, CN)
+        ctx.chunk_rows = chunk_rows
         return Y
 
     @staticmethod
@@ -142,25 +169,36 @@ class _GRUSequence(torch.autograd.Function):
         x, w_ih, h0, w_hh, Y, RZ, C, CN = ctx.saved_tensors
         T, M, I = x.shape
         H = h0.shape[-1]
-        K = min(GRU_CHUNK_STEPS, T)
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        chunks = _chunk_bounds(T, ctx.chunk_rows, M)
+        full = ctx.chunk_rows is None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x) if full else torch.zeros_like(x)
         grad_w_ih = w_ih.new_zeros(3 * H, I)
         grad_b_ih = w_ih.new_zeros(3 * H)
         grad_w_hh = w_hh.new_zeros(3 * H, H)
         grad_b_hh = w_hh.new_zeros(3 * H)
+        grad_h0 = h0.new_zeros(M, H)
         f = _gate_factors(w_hh, H)  # C and CN lack these factors; the weights used here carry them
         w_hh_f, w_ih_f = w_hh * f[:, None], w_ih * f[:, None]
-        # Chunk scratch: D = total gradient on h_t; grad_gh = gradients of W_hh h + b_hh.
-        D = grad_Y.new_empty(K, M, H)
-        grad_gh = grad_Y.new_empty(K, M, 3, H)
-        d_, d_row, ggh_ = D.unbind(0), D.unsqueeze(2).unbind(0), grad_gh.unbind(0)
-        ggh_flat = grad_gh.view(K, M, 3 * H).unbind(0)
-        c_, z_, gY_ = C.unbind(0), RZ[..., H:].unbind(0), grad_Y.unbind(0)
-        carry = grad_Y[T - 1]  # D for the last step of the chunk about to be processed
-        for c0 in reversed(range(0, T, K)):
-            c1 = min(c0 + K, T)
+        carry = None  # gradient on h at the step before the chunk just processed (its rows)
+        m_views = -1
+        for c0, c1, m in reversed(chunks):
             k = c1 - c0
-            D[k - 1].copy_(carry)
+            if m != m_views:
+                # Chunk scratch: D = total gradient on h_t; grad_gh = gradients of W_hh h + b_hh.
+                K = min(GRU_CHUNK_STEPS, T)
+                D = grad_Y.new_empty(K, m, H)
+                grad_gh = grad_Y.new_empty(K, m, 3, H)
+                d_, d_row, ggh_ = D.unbind(0), D.unsqueeze(2).unbind(0), grad_gh.unbind(0)
+                ggh_flat = grad_gh.view(K, m, 3 * H).unbind(0)
+                c_, z_, gY_ = C[:, :m].unbind(0), RZ[:, :m, H:].unbind(0), grad_Y[:, :m].unbind(0)
+                m_views = m
+            # D at the chunk's last step: its own output gradient, plus what the later chunk
+            # carried back for the rows it computed (that carry already includes grad_Y).
+            D[k - 1].copy_(gY_[c1 - 1])
+            if carry is not None:
+                D[k - 1, : carry.shape[0]].copy_(carry)
             for j in reversed(range(k)):
                 t = c0 + j
                 torch.mul(c_[t], d_row[j], out=ggh_[j])
@@ -169,32 +207,44 @@ class _GRUSequence(torch.autograd.Function):
                 else:  # D_{t-1} = grad_Y[t-1] + D_t * z_t + grad_gh_t @ W_hh
                     carry = torch.addmm(torch.addcmul(gY_[t - 1], d_[j], z_[t]), ggh_flat[j], w_hh_f,
                                         out=d_[j - 1] if j > 0 else None)
-            g_gh = grad_gh[:k].view(k * M, 3 * H)
+            g_gh = grad_gh[:k].view(k * m, 3 * H)
             g_rz = g_gh[:, : 2 * H]  # the r and z gates have the same gradient on the input side
-            g_in = torch.mul(D[:k], CN[c0:c1]).view(k * M, H)
-            x_c = x[c0:c1].reshape(k * M, I)
+            g_in = torch.mul(D[:k], CN[c0:c1, :m]).view(k * m, H)
+            x_c = x[c0:c1, :m].reshape(k * m, I)
             if grad_x is not None:
-                torch.addmm(g_in @ w_ih_f[2 * H:], g_rz, w_ih_f[: 2 * H], out=grad_x[c0:c1].view(k * M, I))
+                if m == M:
+                    torch.addmm(g_in @ w_ih_f[2 * H:], g_rz, w_ih_f[: 2 * H], out=grad_x[c0:c1].view(k * M, I))
+                else:
+                    grad_x[c0:c1, :m] = torch.addmm(g_in @ w_ih_f[2 * H:], g_rz, w_ih_f[: 2 * H]).view(k, m, I)
             grad_w_ih[: 2 * H].addmm_(g_rz.t(), x_c)
             grad_w_ih[2 * H:].addmm_(g_in.t(), x_c)
             grad_b_ih[: 2 * H] += g_rz.sum(0)
             grad_b_ih[2 * H:] += g_in.sum(0)
             if c0 == 0:
-                grad_w_hh.addmm_(g_gh[:M].t(), h0)
+                grad_w_hh.addmm_(g_gh[:m].t(), h0[:m])
                 if k > 1:
-                    grad_w_hh.addmm_(g_gh[M:].t(), Y[: k - 1].reshape((k - 1) * M, H))
+                    grad_w_hh.addmm_(g_gh[m:].t(), Y[: k - 1, :m].reshape((k - 1) * m, H))
             else:
-                grad_w_hh.addmm_(g_gh.t(), Y[c0 - 1: c1 - 1].reshape(k * M, H))
+                grad_w_hh.addmm_(g_gh.t(), Y[c0 - 1: c1 - 1, :m].reshape(k * m, H))
             grad_b_hh += g_gh.sum(0)
+        if chunks and chunks[0][0] == 0:
+            grad_h0[: carry.shape[0]] = carry
         for grad in (grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh):
             grad.mul_(f if grad.dim() == 1 else f[:, None])
-        return grad_x, grad_w_ih, grad_b_ih, carry, grad_w_hh, grad_b_hh
+        return grad_x, grad_w_ih, grad_b_ih, grad_h0, grad_w_hh, grad_b_hh, None
 
 
-def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor, chunk_rows=None) -> torch.Tensor:
     """All hidden states [T, M, H] of the one-layer ``gru`` over x [T, M, I] from h0 [M, H].
 
     Same result as ``gru(x, h0[None])[0]``; on CPU computed by ``_gru_forward`` (see module doc).
+
+    ``chunk_rows`` (optional, CPU): a non-increasing row count per chunk of ``GRU_CHUNK_STEPS``
+    steps. Chunk c then computes only rows ``[:chunk_rows[c]]`` and the other rows of the
+    result are zero: for sequences sorted by length, rows of sequences that have ended before
+    the chunk starts are never computed. Computed rows are exactly as without ``chunk_rows``
+    (the GRU is causal), and so are gradients that reach only computed rows. Elsewhere than on
+    CPU every row is computed.
     """
     if gru.num_layers != 1 or gru.bidirectional or gru.batch_first or not gru.bias:
         raise ValueError("gru_sequence supports a one-layer, unidirectional, seq-first GRU with biases")
@@ -203,20 +253,23 @@ def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
                          f"got {tuple(x.shape)} and {tuple(h0.shape)}")
     if x.device.type != "cpu":
         return gru(x, h0.unsqueeze(0).contiguous())[0]
+    if chunk_rows is not None:
+        chunk_rows = tuple(int(r) for r in chunk_rows)
+        _chunk_bounds(x.shape[0], chunk_rows, x.shape[1])  # validate before any work
+        if all(r == x.shape[1] for r in chunk_rows):
+            chunk_rows = None
     params = (gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0)
     w_ih, b_ih, w_hh, b_hh = params
     if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)):
-        return _GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh)
+        return _GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, chunk_rows)
     with torch.no_grad():
-        return _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False)
+        return _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False, chunk_rows=chunk_rows)
 
 
-# Time steps per chunk when skipping rows past episode ends: short enough that little is
-# computed past an episode's end, long enough that per-chunk overhead stays small.
-RAGGED_CHUNK_STEPS = 8
-# Skipping has a fixed cost per chunk; below this many skipped agent-rows per unroll the whole
-# (trimmed) batch is computed instead (measured on a 2-core CPU: 3m-sized batches gain nothing).
-RAGGED_MIN_SKIPPED_ROWS = 4096
+# Skipping rows past episode ends has a fixed cost (sorting the batch by length, rebuilding
+# per-step views when the row count changes); below this fraction of skipped rows the whole
+# (trimmed) batch is computed instead.
+RAGGED_MIN_SKIPPED_FRACTION = 0.1
 
 
 class RNNAgent(nn.Module):
@@ -306,7 +359,7 @@ class RNNAgent(nn.Module):
             if tuple(lengths.shape) != (B,) or lengths.is_floating_point():
                 raise ValueError(f"lengths must be an integer tensor of shape ({B},), got "
                                  f"{tuple(lengths.shape)} {lengths.dtype}")
-            if self._skipped_rows(lengths, T) * N >= RAGGED_MIN_SKIPPED_ROWS:
+            if obs.device.type == "cpu" and self._skipped_rows(lengths, T) >= RAGGED_MIN_SKIPPED_FRACTION * B * T:
                 return self._unroll_ragged(obs, None if la is None else la.transpose(0, 1), hidden, lengths)
         # fc1 in the batch's own layout, so the wide observations are never copied; only the
         # narrow hidden activations are transposed to time-major for the recurrence.
@@ -316,38 +369,53 @@ class RNNAgent(nn.Module):
         return q.transpose(0, 1).contiguous()
 
     @staticmethod
-    def _skipped_rows(lengths: torch.Tensor, T: int) -> int:
+    def _chunk_episodes(lengths: torch.Tensor, T: int) -> list:
+        """Per chunk of ``GRU_CHUNK_STEPS`` steps, how many episodes are still running at its start."""
+        K = min(GRU_CHUNK_STEPS, T)
+        running = lengths.clamp(0, T).tolist()
+        return [sum(1 for length in running if length > t0) for t0 in range(0, T, K)]
+
+    @classmethod
+    def _skipped_rows(cls, lengths: torch.Tensor, T: int) -> int:
         """Episode-rows that chunked skipping would not compute."""
-        chunks = (lengths.clamp(0, T) + RAGGED_CHUNK_STEPS - 1) // RAGGED_CHUNK_STEPS
-        return int(lengths.numel() * T - (chunks * RAGGED_CHUNK_STEPS).clamp(max=T).sum())
+        K = min(GRU_CHUNK_STEPS, T)
+        computed = sum(n * (min(t0 + K, T) - t0) for n, t0 in zip(cls._chunk_episodes(lengths, T), range(0, T, K)))
+        return lengths.numel() * T - computed
 
     def _unroll_ragged(self, obs, last_actions, hidden, lengths):
         """``unroll`` computing only the rows episodes need (masking axis 9: no forward passes on
-        padded or post-terminal rows). Episodes are sorted by length; time runs in chunks of
-        ``RAGGED_CHUNK_STEPS``, and each chunk only carries the episodes still running at its
-        start (a prefix in sorted order), continuing from the previous chunk's hidden states.
-        Autograd chains the chunks, so gradients equal the full unroll's for any loss that reads
-        needed rows only. Rows never computed hold zero Q-values.
+        padded or post-terminal rows). Episodes are sorted by length so that those still running
+        form a prefix; per chunk of ``GRU_CHUNK_STEPS`` steps only the episodes running at the
+        chunk's start go through fc1, the GRU (``gru_sequence`` with ``chunk_rows``) and fc2.
+        Needed rows and their gradients are exactly the full unroll's (the network is causal);
+        rows never computed hold zero Q-values.
         """
-        B, T, N, _ = obs.shape
+        B, T, N, D = obs.shape
         H, A = self.hidden_dim, self.n_actions
-        lengths = lengths.to(device=obs.device, dtype=torch.long).clamp(0, T)
+        device = obs.device
+        lengths = lengths.to(device=device, dtype=torch.long).clamp(0, T)
         order = torch.argsort(lengths, descending=True, stable=True)
-        sorted_lengths = lengths[order].tolist()
-        h = self.initial_hidden(B) if hidden is None else hidden
-        h = h[order].reshape(B * N, H)
-        q_sorted = obs.new_zeros(B, T, N, A)
-        for t0 in range(0, sorted_lengths[0] if sorted_lengths else 0, RAGGED_CHUNK_STEPS):
-            t1 = min(t0 + RAGGED_CHUNK_STEPS, T)
-            k = sum(1 for length in sorted_lengths if length > t0)  # episodes still running
-            episodes = order[:k]
-            chunk_actions = None if last_actions is None else last_actions[episodes, t0:t1]
-            x = self._input_layer(obs[episodes, t0:t1], chunk_actions)
-            x = x.view(k, t1 - t0, N, H).transpose(0, 1).reshape(t1 - t0, k * N, H)
-            Y = gru_sequence(self.rnn, x, h[: k * N])
-            q_sorted[:k, t0:t1] = self.fc2(Y).view(t1 - t0, k, N, A).transpose(0, 1)
-            h = Y[-1]
-        return q_sorted.index_select(0, torch.argsort(order))
+        episodes_per_chunk = self._chunk_episodes(lengths[order], T)
+        # The computed (time step, sorted episode) pairs, as rows of the time-major sorted layout
+        # [T * B] ("slot") and of the batch layout [B * T] ("source").
+        K = min(GRU_CHUNK_STEPS, T)
+        steps, ranks = [], []
+        for t0, n in zip(range(0, T, K), episodes_per_chunk):
+            t = torch.arange(t0, min(t0 + K, T), device=device)
+            steps.append(t.repeat_interleave(n))
+            ranks.append(torch.arange(n, device=device).repeat(len(t)))
+        steps, ranks = torch.cat(steps), torch.cat(ranks)
+        slot = steps * B + ranks
+        source = order[ranks] * T + steps
+        R = source.numel()
+        obs_rows = obs.reshape(B * T, N, D).index_select(0, source).view(1, R, N, D)
+        actions_rows = None if last_actions is None else last_actions.reshape(B * T, N).index_select(0, source).view(1, R, N)
+        x_rows = self._input_layer(obs_rows, actions_rows).view(R, N * H)
+        x = x_rows.new_zeros(T * B, N * H).index_copy(0, slot, x_rows).view(T, B * N, H)
+        h0 = self.initial_hidden(B) if hidden is None else self._checked_hidden(hidden, B, N)
+        Y = gru_sequence(self.rnn, x, h0.index_select(0, order).view(B * N, H), [n * N for n in episodes_per_chunk])
+        q_rows = self.fc2(Y.view(T * B, N, H).index_select(0, slot))  # [R, N, A]
+        return q_rows.new_zeros(B * T, N, A).index_copy(0, source, q_rows).view(B, T, N, A)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -411,13 +479,16 @@ class RNNAgent(nn.Module):
         x = self._input_layer(obs_tm, last_actions_tm).view(T, B * N, self.hidden_dim)
         return self._recur(x, hidden, T, B, N)
 
+    def _checked_hidden(self, hidden, B, N):
+        if tuple(hidden.shape) != (B, N, self.hidden_dim):
+            raise ValueError(f"hidden has shape {tuple(hidden.shape)}, expected {(B, N, self.hidden_dim)} "
+                             "[B, N, hidden_dim]")
+        return hidden
+
     def _recur(self, x, hidden, T, B, N):
         """x [T, B*N, H] (after fc1) -> (q [T, B, N, A], last hidden [B, N, H])."""
         H = self.hidden_dim
-        if hidden is None:
-            hidden = self.initial_hidden(B)
-        elif tuple(hidden.shape) != (B, N, H):
-            raise ValueError(f"hidden has shape {tuple(hidden.shape)}, expected {(B, N, H)} [B, N, hidden_dim]")
+        hidden = self.initial_hidden(B) if hidden is None else self._checked_hidden(hidden, B, N)
         Y = gru_sequence(self.rnn, x, hidden.reshape(B * N, H))
         q = self.fc2(Y).view(T, B, N, self.n_actions)
         return q, Y[-1].view(B, N, H)
