@@ -177,8 +177,10 @@ def test_gru_sequence_passes_gradcheck():
     x = torch.randn(10, 2, 3, dtype=torch.double, requires_grad=True)
     h0 = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
 
+    chunks = agents_module._packed_chunks(10, [2, 2])  # the dense layout: every row in each chunk
+
     def fn(x, h0, w_ih, b_ih, w_hh, b_hh):
-        return agents_module._GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, None)
+        return agents_module._GRUSequence.apply(x.reshape(20, 3), w_ih, b_ih, h0, w_hh, b_hh, chunks)
 
     assert torch.autograd.gradcheck(fn, (x, h0, w_ih, b_ih, w_hh, b_hh))
 
@@ -257,49 +259,69 @@ def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients(mon
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 8])
-def test_gru_sequence_with_chunk_rows_equals_each_sequence_alone(monkeypatch, chunk):
+def test_gru_packed_equals_each_sequence_alone(monkeypatch, chunk):
     """Sequences sorted by length, each chunk computing only those still running at its start:
-    every computed row, and every gradient that reaches computed rows only, equals nn.GRU run on
-    that sequence alone; rows never computed are zero."""
+    every computed row, and every gradient, equals nn.GRU run on that sequence alone."""
     monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", chunk)
     torch.manual_seed(chunk)
     T, I, Hd = 11, 5, 6
     lengths = [11, 9, 6, 6, 2, 0]  # sorted, longest first
     M = len(lengths)
     gru = nn.GRU(I, Hd).double()
-    x = torch.randn(T, M, I, dtype=torch.double, requires_grad=True)
+    dense = torch.randn(T, M, I, dtype=torch.double)
     h0 = torch.randn(M, Hd, dtype=torch.double, requires_grad=True)
-    starts = range(0, T, chunk)
-    chunk_rows = [sum(1 for n in lengths if n > t0) for t0 in starts]
-    computed = torch.zeros(T, M, dtype=torch.bool)
-    for t0, rows in zip(starts, chunk_rows):
-        computed[t0: t0 + chunk, :rows] = True
-    got = gru_sequence(gru, x, h0, chunk_rows)
-    assert not got[~computed].any()
-    weights = torch.randn(T, M, Hd, dtype=torch.double)
-    needed = torch.arange(T)[:, None] < torch.tensor(lengths)[None, :]  # [T, M]
-    assert bool(computed[needed].all())
+    chunk_rows = [sum(1 for n in lengths if n > t0) for t0 in range(0, T, chunk)]
+    rows_at = [chunk_rows[t // chunk] for t in range(T)]  # rows computed at step t
+    x = torch.cat([dense[t, : rows_at[t]] for t in range(T)]).requires_grad_()
+    assert x.shape[0] == agents_module.packed_size(T, chunk_rows)
+    got = agents_module.gru_packed(gru, x, h0, T, chunk_rows)
+    weights = torch.randn_like(got)
     inputs = [x, h0] + list(gru.parameters())
-    loss = (torch.where(needed[..., None], got, 0.0) * weights).sum()
-    ours = torch.autograd.grad(loss, inputs)
+    ours = torch.autograd.grad((got * weights).sum(), inputs)
+    # the slow way: each sequence alone, over the steps at which the packed layout holds it
+    offsets = [sum(rows_at[:t]) for t in range(T)]
     reference_loss = 0.0
-    for m, n in enumerate(lengths):  # the slow way: each sequence alone
-        if n == 0:
+    for m in range(M):
+        steps = [t for t in range(T) if m < rows_at[t]]
+        if not steps:
             continue
-        alone = gru(x[:n, m: m + 1], h0[m: m + 1].unsqueeze(0))[0]
-        torch.testing.assert_close(got[:n, m: m + 1], alone, rtol=1e-12, atol=1e-12)
-        reference_loss = reference_loss + (alone * weights[:n, m: m + 1]).sum()
+        assert steps == list(range(len(steps))) and len(steps) >= lengths[m]
+        packed_rows = [offsets[t] + m for t in steps]
+        alone = gru(x[packed_rows].unsqueeze(1), h0[m: m + 1].unsqueeze(0))[0][:, 0]
+        torch.testing.assert_close(got[packed_rows], alone, rtol=1e-12, atol=1e-12)
+        reference_loss = reference_loss + (alone * weights[packed_rows]).sum()
     theirs = torch.autograd.grad(reference_loss, inputs)
     for g_ours, g_ref in zip(ours, theirs):
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-11)
+    assert not ours[1][lengths.index(0)].any()  # a sequence never computed gets no gradient
     with torch.no_grad():
-        torch.testing.assert_close(gru_sequence(gru, x, h0, chunk_rows), got.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(agents_module.gru_packed(gru, x, h0, T, chunk_rows), got.detach(), rtol=0, atol=0)
 
 
-def test_gru_sequence_rejects_bad_chunk_rows(monkeypatch):
+def test_gru_packed_passes_gradcheck(monkeypatch):
+    monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", 2)
+    torch.manual_seed(1)
+    gru = nn.GRU(3, 4).double()
+    w_ih, w_hh, b_ih, b_hh = [p.detach().clone().requires_grad_() for p in gru.parameters()]
+    T, chunk_rows = 7, [3, 3, 2, 1]
+    chunks = agents_module._packed_chunks(T, chunk_rows)
+    x = torch.randn(agents_module.packed_size(T, chunk_rows), 3, dtype=torch.double, requires_grad=True)
+    h0 = torch.randn(3, 4, dtype=torch.double, requires_grad=True)
+
+    def fn(x, h0, w_ih, b_ih, w_hh, b_hh):
+        return agents_module._GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, chunks)
+
+    assert torch.autograd.gradcheck(fn, (x, h0, w_ih, b_ih, w_hh, b_hh))
+
+
+def test_gru_packed_rejects_bad_arguments(monkeypatch):
     monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", 4)
     gru = nn.GRU(2, 3)
-    x, h0 = torch.randn(9, 4, 2), torch.zeros(4, 3)
+    h0 = torch.zeros(4, 3)
     for bad in ([4, 4], [4, 5, 1], [2, 3, 1], [4, 2, -1]):
         with pytest.raises(ValueError, match=r"chunk_rows must give, for each of the 3 chunks of 4 steps"):
-            gru_sequence(gru, x, h0, bad)
+            agents_module.gru_packed(gru, torch.randn(9, 2), h0, 9, bad)
+    with pytest.raises(ValueError, match=r"x \[29, 2\] for T=9 and chunk_rows=\[4, 3, 1\], got \(30, 2\)"):
+        agents_module.gru_packed(gru, torch.randn(30, 2), h0, 9, [4, 3, 1])
+    with pytest.raises(ValueError, match="T >= 1"):
+        agents_module.gru_packed(gru, torch.randn(0, 2), h0, 0, [])

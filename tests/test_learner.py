@@ -236,8 +236,12 @@ def test_invalid_steps_match_reference(mode):
     check_against_reference({"invalid_steps": mode}, "vdn", 0.6, batch=batch)
 
 
+@pytest.mark.parametrize("mask_kwargs", [{}, {"timeout": "terminal"}, {"post_terminal_shift": False},
+                                         {"mask_padding": False}, {"dead_agents": "zero_utilities"}],
+                         ids=lambda kwargs: "-".join(f"{k}={v}" for k, v in kwargs.items()) or "standard")
+@pytest.mark.parametrize("td_lambda", [0.0, 0.6])
 @pytest.mark.parametrize("mixer", ["qmix", None])
-def test_skipping_unread_rows_changes_neither_loss_nor_gradients(mixer, monkeypatch):
+def test_skipping_unread_rows_changes_neither_loss_nor_gradients(mixer, td_lambda, mask_kwargs, monkeypatch):
     from qmixlab.controllers.agent_controller import AgentController
     from qmixlab.modules import agents as agents_module
     from qmixlab.modules.agents import RNNAgent
@@ -252,7 +256,7 @@ def test_skipping_unread_rows_changes_neither_loss_nor_gradients(mixer, monkeypa
     for skip in (False, True):
         torch.manual_seed(3)
         mac = AgentController(RNNAgent(OBS_DIM, N_ACTIONS, N_AGENTS, hidden_dim=16), None)
-        options = LearnerOptions(masks=MaskOptions(skip_unread_rows=skip), td_lambda=0.6)
+        options = LearnerOptions(masks=MaskOptions(skip_unread_rows=skip, **mask_kwargs), td_lambda=td_lambda)
         learner = QLearner(mac, build_mixer(mixer, N_AGENTS, STATE_DIM), N_AGENTS, options)
         learner.optimiser = torch.optim.SGD(learner.params, lr=0.0)
         stats = learner.train(copy.deepcopy(batch))

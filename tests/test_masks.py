@@ -81,9 +81,40 @@ def test_rows_needed_excludes_post_terminal_but_keeps_timeout_bootstrap_row():
     options = MaskOptions()
     cuts, ends = masks.episode_end_flags(terminated, timeout, options)
     mask = masks.build_step_mask(filled, ends, None, options)
-    needed = masks.rows_needed_by_networks(mask, cuts, 6).squeeze(-1).int().tolist()
+    read = masks.transitions_read_by_targets(mask, cuts[:, :-1], ends[:, :-1], 0.0)
+    needed = masks.rows_needed_by_networks(mask, read, cuts, 6).squeeze(-1).int().tolist()
     assert needed[0] == [1, 1, 1, 0, 0, 0]  # terminal: the final-state row is never read
     assert needed[1] == [1, 1, 1, 1, 0, 0]  # time-out bootstraps from the final-state row
+
+
+@pytest.mark.parametrize("td_lambda", [0.0, 0.6])
+@pytest.mark.parametrize("post_terminal_shift", [True, False])
+def test_transitions_read_by_targets_follow_the_lambda_recursion(td_lambda, post_terminal_shift):
+    """Against the recursion written out: transition t's target reads t + 1's unless t ends the
+    episode or cuts the bootstrap (lambda > 0 only)."""
+    g = torch.Generator().manual_seed(3)
+    B, T = 6, 9
+    filled = torch.zeros(B, T + 1, 1, dtype=torch.bool)
+    terminated = torch.zeros(B, T + 1, 1, dtype=torch.bool)
+    timeout = torch.zeros(B, T + 1, 1, dtype=torch.bool)
+    for b in range(B):
+        length = int(torch.randint(1, T, (1,), generator=g))
+        filled[b, : length + 1] = True
+        (terminated if b % 2 else timeout)[b, length - 1] = True
+    options = MaskOptions(post_terminal_shift=post_terminal_shift)
+    cuts, ends = masks.episode_end_flags(terminated, timeout, options)
+    mask = masks.build_step_mask(filled, ends, None, options)
+    read = masks.transitions_read_by_targets(mask, cuts[:, :-1], ends[:, :-1], td_lambda)
+    for b in range(B):
+        expected, reading = [], False
+        for t in range(T):
+            reading = bool(mask[b, t]) or reading
+            expected.append(reading)
+            if td_lambda == 0.0 or cuts[b, t] or ends[b, t]:
+                reading = False
+        assert read[b, :, 0].tolist() == expected, (b, td_lambda, post_terminal_shift)
+    if not post_terminal_shift and td_lambda > 0:  # the post-terminal transition chains into padding
+        assert bool(read[:, -1].any())
 
 
 def test_options_reject_bad_values_with_names():

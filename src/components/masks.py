@@ -5,7 +5,8 @@ The learner asks this module four questions and nothing else decides them:
 * which transitions enter the loss (``build_step_mask``, plus ``build_agent_mask`` for
   per-agent losses),
 * which transitions end an episode and which of those cut the bootstrap (``episode_end_flags``),
-* which rows the networks must see at all (``rows_needed_by_networks``), so that padding and
+* which rows the networks must see at all (``transitions_read_by_targets``,
+  ``rows_needed_by_networks``), so that padding and
   post-terminal rows can never leak NaN into the loss or the gradients,
 * how masked values are reduced to one number (``masked_td_loss``, ``masked_mean``).
 
@@ -62,8 +63,8 @@ class MaskOptions:
         the reduction; both give the same loss and gradients.
     trim_to_longest (9): cut the batch to its longest filled episode before any forward pass.
     skip_unread_rows (9): run the networks only on the rows of each episode that the loss reads
-        (padding and post-terminal rows are skipped, in chunks of a few steps). Neither option
-        changes the loss or the gradients.
+        (padding and post-terminal rows are skipped: by the agents in chunks of a few steps, by
+        the mixers row by row). Neither option changes the loss or the gradients.
     """
 
     post_terminal_shift: bool = True
@@ -157,21 +158,43 @@ def build_agent_mask(step_mask: torch.Tensor, avail_actions: torch.Tensor, optio
     return mask
 
 
+def transitions_read_by_targets(
+    step_mask: torch.Tensor, cuts_bootstrap: torch.Tensor, ends_episode: torch.Tensor, td_lambda: float
+) -> torch.Tensor:
+    """Bool ``[B, T, 1]`` over transitions: those whose TD target the loss depends on.
+
+    A transition in the loss reads its own target. With ``td_lambda > 0`` that target also reads
+    the next transition's (``lambda_returns``), and so on until a transition ends the episode or
+    cuts the bootstrap; with a mask that keeps a transition past the episode's end (for example
+    ``post_terminal_shift=False``) such a chain runs on into the padding. Flags are per
+    transition (``cuts_bootstrap`` and ``ends_episode`` without their last row).
+    """
+    if td_lambda == 0.0:
+        return step_mask.clone()
+    stops = (cuts_bootstrap | ends_episode).long()
+    # Segments of transitions between stops (a stop closes its segment); a transition is read
+    # when a transition of the loss lies at or before it in the same segment.
+    segment = stops.cumsum(dim=1) - stops
+    latest_in_loss = torch.where(step_mask, segment, torch.full_like(segment, -1)).cummax(dim=1).values
+    return latest_in_loss == segment
+
+
 def rows_needed_by_networks(
-    step_mask: torch.Tensor, cuts_bootstrap: torch.Tensor, total_rows: int
+    step_mask: torch.Tensor, read: torch.Tensor, cuts_bootstrap: torch.Tensor, total_rows: int
 ) -> torch.Tensor:
     """Bool ``[B, T, 1]``: rows whose inputs the networks must see.
 
     A row is needed when its transition is in the loss, when it is the bootstrap state of a
-    transition in the loss that does not cut the bootstrap, or when a later row of the same
-    episode is needed (the recurrent state runs through it). Every other row's inputs are
-    replaced by zeros, so a NaN stored in padding or after a terminal state reaches neither
-    the loss nor the gradients (``0 * NaN`` in a backward pass would).
+    transition whose target is read (``transitions_read_by_targets``) and does not cut the
+    bootstrap, or when a later row of the same episode is needed (the recurrent state runs
+    through it). Every other row's inputs are replaced by zeros, so a NaN stored in padding or
+    after a terminal state reaches neither the loss nor the gradients (``0 * NaN`` in a
+    backward pass would).
     """
     batch = step_mask.shape[0]
     direct = torch.zeros(batch, total_rows, 1, dtype=torch.bool, device=step_mask.device)
     direct[:, :-1] |= step_mask
-    direct[:, 1:] |= step_mask & ~cuts_bootstrap[:, :-1].bool()
+    direct[:, 1:] |= read & ~cuts_bootstrap[:, :-1].bool()
     # Reverse cumulative "any": a row is needed if any row at or after it is.
     return direct.flip(1).cummax(dim=1).values.flip(1)
 

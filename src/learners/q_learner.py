@@ -61,6 +61,16 @@ class LearnerOptions:
             raise TypeError(f"masks must be a MaskOptions, got {type(self.masks).__name__}")
 
 
+def _mix_rows(mixer, agent_qs: torch.Tensor, states: torch.Tensor, rows) -> torch.Tensor:
+    """``mixer(agent_qs [B, T, N], states [B, T, S])`` -> [B, T, 1], computed only on ``rows``
+    (bool [B, T]; None: all) when that skips any; other rows hold zero."""
+    if rows is None or bool(rows.all()):
+        return mixer(agent_qs, states)
+    index = rows.nonzero(as_tuple=True)
+    mixed = mixer(agent_qs[index].unsqueeze(0), states[index].unsqueeze(0))[0]  # [R, 1]
+    return mixed.new_zeros(*rows.shape, 1).index_put(index, mixed)
+
+
 class QLearner:
     """Recurrent off-policy Q-learning on whole episodes with an optional mixer.
 
@@ -120,7 +130,9 @@ class QLearner:
         # Rows nothing reads form a suffix of each episode and cannot change the rows that are
         # read (the networks are causal): they may be skipped, and only non-finite values there
         # need replacing.
-        needed = mask_rules.rows_needed_by_networks(step_mask, cuts_bootstrap, batch.max_seq_length)
+        read = mask_rules.transitions_read_by_targets(step_mask, cuts_bootstrap[:, :-1], ends_episode[:, :-1],
+                                                      opts.td_lambda)
+        needed = mask_rules.rows_needed_by_networks(step_mask, read, cuts_bootstrap, batch.max_seq_length)
         lengths = needed.sum(dim=(1, 2)) if rules.skip_unread_rows else None
         if not bool(torch.isfinite(obs.sum())):  # one reduction: NaN and inf propagate
             obs = torch.where(needed.unsqueeze(-1), obs, zero)
@@ -154,9 +166,13 @@ class QLearner:
             next_max_qs = torch.where(alive[:, 1:], next_max_qs, zero)
 
         if self.mixer is not None:
-            chosen_qs = self.mixer(chosen_qs, state[:, :-1])  # [B, T-1, 1]
+            # With skip_unread_rows the mixers see only the rows read later: the loss reads the
+            # transitions in the step mask, the targets the bootstrap values of those in ``read``.
+            online_rows = step_mask[..., 0] if rules.skip_unread_rows else None
+            target_rows = read[..., 0] if rules.skip_unread_rows else None
+            chosen_qs = _mix_rows(self.mixer, chosen_qs, state[:, :-1], online_rows)  # [B, T-1, 1]
             with torch.no_grad():
-                next_max_qs = self.target_mixer(next_max_qs, state[:, 1:])
+                next_max_qs = _mix_rows(self.target_mixer, next_max_qs, state[:, 1:], target_rows)
             element_mask = step_mask
         else:
             element_mask = mask_rules.build_agent_mask(step_mask, avail, rules)

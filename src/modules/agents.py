@@ -20,12 +20,16 @@ from the obvious implementation, both for speed; neither changes the function co
   recurrent matrix product and a few elementwise ops, everything else (input projection,
   derivative coefficients, weight gradients) batched over chunks of ``GRU_CHUNK_STEPS`` steps.
   Tests compare it with ``nn.GRU`` and with a ``GRUCell`` loop, values and gradients.
+
+With ``lengths`` (the rows each episode needs, masking axis 9), ``unroll`` sorts the episodes by
+length and runs fc1, the GRU (``gru_packed``: the same function over a packed layout in which
+each chunk of steps holds only the episodes still running) and fc2 on those rows only.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,88 +68,108 @@ def _gate_factors(like: torch.Tensor, hidden_dim: int) -> torch.Tensor:
     return like.new_tensor(_COEFFICIENT_FACTORS).repeat_interleave(hidden_dim)
 
 
-def _chunk_bounds(T: int, chunk_rows, M: int):
-    """``[(c0, c1, rows)]`` per chunk of ``GRU_CHUNK_STEPS`` steps; ``rows`` is how many leading
-    rows of x the chunk computes (all M without ``chunk_rows``)."""
+class _Chunk(NamedTuple):
+    """``steps`` consecutive time steps from ``t0``, each computing rows ``[:rows]`` of the
+    sequences; their rows of the packed layout start at ``offset`` (step-major, row-minor)."""
+
+    t0: int
+    steps: int
+    rows: int
+    offset: int
+
+
+def _packed_chunks(T: int, chunk_rows) -> List[_Chunk]:
+    """The chunks of ``GRU_CHUNK_STEPS`` steps over T steps with the given row counts (chunks
+    without rows are left out: only trailing ones may have none)."""
     K = min(GRU_CHUNK_STEPS, T)
-    starts = range(0, T, K)
-    if chunk_rows is None:
-        return [(c0, min(c0 + K, T), M) for c0 in starts]
+    chunks, offset = [], 0
+    for t0, rows in zip(range(0, T, K), chunk_rows):
+        steps = min(t0 + K, T) - t0
+        if rows > 0:
+            chunks.append(_Chunk(t0, steps, rows, offset))
+        offset += steps * rows
+    return chunks
+
+
+def _check_chunk_rows(T: int, M: int, chunk_rows) -> List[int]:
+    K = min(GRU_CHUNK_STEPS, T)
+    n_chunks = len(range(0, T, K))
     rows = [int(r) for r in chunk_rows]
-    if len(rows) != len(starts) or any(not 0 <= r <= M for r in rows) or any(a < b for a, b in zip(rows, rows[1:])):
-        raise ValueError(f"chunk_rows must give, for each of the {len(starts)} chunks of {K} steps, a row count "
+    if len(rows) != n_chunks or any(not 0 <= r <= M for r in rows) or any(a < b for a, b in zip(rows, rows[1:])):
+        raise ValueError(f"chunk_rows must give, for each of the {n_chunks} chunks of {K} steps, a row count "
                          f"in [0, {M}] that never increases; got {rows}")
-    return [(c0, min(c0 + K, T), m) for c0, m in zip(starts, rows) if m > 0]
+    return rows
 
 
-def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool, chunk_rows=None):
-    """PyTorch's GRU over x [T, M, I] from h0 [M, H]; returns all hidden states Y [T, M, H].
+def packed_size(T: int, chunk_rows) -> int:
+    """Rows of the packed layout of ``gru_packed`` for T steps and these chunk row counts."""
+    K = min(GRU_CHUNK_STEPS, T)
+    return sum((min(t0 + K, T) - t0) * int(rows) for t0, rows in zip(range(0, T, K), chunk_rows))
+
+
+def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool, chunks: List[_Chunk]):
+    """PyTorch's GRU over packed rows x [R, I] (see ``gru_packed``) from h0 [M, H]; returns the
+    hidden states Y [R, H] in the same packed layout.
 
     r = sigmoid(W_ir x + b_ir + W_hr h + b_hr),  z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h.
 
-    ``chunk_rows`` (optional, see ``gru_sequence``): chunk c computes only rows ``[:chunk_rows[c]]``;
-    the other rows of Y are zero.
-
-    With ``keep_for_backward`` it returns ``(Y, RZ, C, CN)``: RZ [T, M, 2H] holds r|z, and for a
-    total gradient d on h_t the pre-activation gradients are f_k * d * C[t, :, k] (k = 0: r,
-    1: z, 2: the hidden side of n, W_hn h + b_hn) and f_2 * d * CN[t] (the input side of n),
-    with the constant factors f = ``_COEFFICIENT_FACTORS`` left out (one op less each).
+    With ``keep_for_backward`` it returns ``(Y, RZ, C, CN)``, packed likewise: RZ [R, 2H] holds
+    r|z, and for a total gradient d on h_t the pre-activation gradients are f_k * d * C[:, k]
+    (k = 0: r, 1: z, 2: the hidden side of n, W_hn h + b_hn) and f_2 * d * CN (the input side of
+    n), with the constant factors f = ``_COEFFICIENT_FACTORS`` left out (one op less each).
     """
-    T, M, I = x.shape
+    R, I = x.shape
     H = h0.shape[-1]
-    chunks = _chunk_bounds(T, chunk_rows, M)
     w_i, b_i, w_h, b_h = _carried_parameters(w_ih, b_ih, w_hh, b_hh)
     w_i_t, w_h_t = w_i.t(), w_h.t()
-    K = min(GRU_CHUNK_STEPS, T)
-    Y = x.new_empty(T, M, H) if chunk_rows is None else x.new_zeros(T, M, H)
-    RZ = x.new_empty(T if keep_for_backward else K, M, 2 * H)  # r | z
+    K = max(c.steps for c in chunks) if chunks else 1
+    Y = x.new_empty(R, H)
     if keep_for_backward:
-        C = x.new_empty(T, M, 3, H)
-        CN = x.new_empty(T, M, H)
+        RZ, C, CN = x.new_empty(R, 2 * H), x.new_empty(R, 3, H), x.new_empty(R, H)
     minus_one = x.new_tensor(-1.0)
-    G = None
-    m_views = -1
-    for c0, c1, m in chunks:
-        k = c1 - c0
-        o = c0 if keep_for_backward else 0  # where this chunk's r|z go
-        if m != m_views:
-            # Chunk scratch for m rows, and its per-step views, made once per row count:
-            # slicing inside the step loop would cost more Python time than the arithmetic.
+    G, scratch_rows = None, -1
+    for c in chunks:
+        k, m, rows = c.steps, c.rows, slice(c.offset, c.offset + c.steps * c.rows)
+        if m != scratch_rows:
+            # Scratch for m rows and its per-step views, made once per row count: slicing
+            # inside the step loop would cost more Python time than the arithmetic.
             previous = G
             G = x.new_empty(K + 1, m, H)  # carried state g = (h + 1) / 2; G[0] = state before the chunk
             gi = x.new_empty(K, m, 3 * H)  # W_i x + b_i (n rows doubled)
             gh = x.new_empty(K, m, 3 * H)  # W_h g + b_h (n rows doubled)
             S = x.new_empty(K, m, H)  # s = (n + 1) / 2
-            g_, s_, gh_ = G.unbind(0), S.unbind(0), gh.unbind(0)
+            RZs = x.new_empty(K, m, 2 * H)  # r | z
+            g_, s_, gh_, rz_ = G.unbind(0), S.unbind(0), gh.unbind(0), RZs.unbind(0)
             gi_rz, gi_n = gi[..., : 2 * H].unbind(0), gi[..., 2 * H:].unbind(0)
             gh_rz, gh_n = gh[..., : 2 * H].unbind(0), gh[..., 2 * H:].unbind(0)
-            RZ_m = RZ[:, :m]
-            rz_, r_, z_ = RZ_m.unbind(0), RZ_m[..., :H].unbind(0), RZ_m[..., H:].unbind(0)
+            r_, z_ = RZs[..., :H].unbind(0), RZs[..., H:].unbind(0)
             if previous is None:
                 torch.add(x.new_tensor(0.5), h0[:m], alpha=0.5, out=G[0])
             else:
                 G[0].copy_(previous[0, :m])
-            m_views = m
-        torch.addmm(b_i, x[c0:c1, :m].reshape(k * m, I), w_i_t, out=gi[:k].view(k * m, 3 * H))
+            scratch_rows = m
+        torch.addmm(b_i, x[rows], w_i_t, out=gi[:k].view(k * m, 3 * H))
         for j in range(k):
             g = g_[j]
             torch.addmm(b_h, g, w_h_t, out=gh_[j])
-            torch.add(gi_rz[j], gh_rz[j], out=rz_[o + j]).sigmoid_()
-            torch.addcmul(gi_n[j], r_[o + j], gh_n[j], out=s_[j]).sigmoid_()
-            torch.lerp(s_[j], g, z_[o + j], out=g_[j + 1])
-        torch.add(minus_one, G[1: k + 1], alpha=2, out=Y[c0:c1, :m])
+            torch.add(gi_rz[j], gh_rz[j], out=rz_[j]).sigmoid_()
+            torch.addcmul(gi_n[j], r_[j], gh_n[j], out=s_[j]).sigmoid_()
+            torch.lerp(s_[j], g, z_[j], out=g_[j + 1])
+        torch.add(minus_one, G[1: k + 1], alpha=2, out=Y[rows].view(k, m, H))
         if keep_for_backward:
             # Local derivatives, with n = 2s - 1 and h = 2g - 1: dh'/dn = 1 - z,
             # dn/da_n = 1 - n^2 = 4 s (1 - s), dh'/dz = h - n = 2 (g - s); gh's n rows are 2x.
             # Stored without their constant factors (2, 2, 4): see _COEFFICIENT_FACTORS.
-            rz, s_c = RZ[c0:c1, :m], S[:k]
+            rz, s_c = RZ[rows].view(k, m, 2 * H), S[:k]
+            rz.copy_(RZs[:k])
             sig_grad = torch.addcmul(rz, rz, rz, value=-1)  # r (1 - r) | z (1 - z)
             s_grad = torch.addcmul(s_c, s_c, s_c, value=-1)  # s (1 - s)
-            c_n = torch.addcmul(s_grad, s_grad, rz[..., H:], value=-1, out=CN[c0:c1, :m])  # (1 - z) s (1 - s)
-            torch.mul(c_n, gh[:k, :, 2 * H:], out=C[c0:c1, :m, 0]).mul_(sig_grad[..., :H])
-            torch.mul(torch.sub(G[:k], s_c), sig_grad[..., H:], out=C[c0:c1, :m, 1])
-            torch.mul(c_n, rz[..., :H], out=C[c0:c1, :m, 2])
+            c_n = torch.addcmul(s_grad, s_grad, rz[..., H:], value=-1, out=CN[rows].view(k, m, H))  # (1 - z) s (1 - s)
+            C_c = C[rows].view(k, m, 3, H)
+            torch.mul(c_n, gh[:k, :, 2 * H:], out=C_c[:, :, 0]).mul_(sig_grad[..., :H])
+            torch.mul(torch.sub(G[:k], s_c), sig_grad[..., H:], out=C_c[:, :, 1])
+            torch.mul(c_n, rz[..., :H], out=C_c[:, :, 2])
         G[0].copy_(G[k])
     if keep_for_backward:
         return Y, RZ, C, CN
@@ -157,23 +181,20 @@ class _GRUSequence(torch.autograd.Function):
     recurrence; everything else per chunk of steps."""
 
     @staticmethod
-    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, chunk_rows):
-        Y, RZ, C, CN = _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=True, chunk_rows=chunk_rows)
+    def forward(ctx, x, w_ih, b_ih, h0, w_hh, b_hh, chunks):
+        Y, RZ, C, CN = _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=True, chunks=chunks)
         ctx.save_for_backward(x, w_ih, h0, w_hh, Y, RZ, C, CN)
-        ctx.chunk_rows = chunk_rows
+        ctx.chunks = chunks
         return Y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_Y):
         x, w_ih, h0, w_hh, Y, RZ, C, CN = ctx.saved_tensors
-        T, M, I = x.shape
-        H = h0.shape[-1]
-        chunks = _chunk_bounds(T, ctx.chunk_rows, M)
-        full = ctx.chunk_rows is None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x) if full else torch.zeros_like(x)
+        chunks = ctx.chunks
+        R, I = x.shape
+        M, H = h0.shape
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_w_ih = w_ih.new_zeros(3 * H, I)
         grad_b_ih = w_ih.new_zeros(3 * H)
         grad_w_hh = w_hh.new_zeros(3 * H, H)
@@ -181,89 +202,109 @@ class _GRUSequence(torch.autograd.Function):
         grad_h0 = h0.new_zeros(M, H)
         f = _gate_factors(w_hh, H)  # C and CN lack these factors; the weights used here carry them
         w_hh_f, w_ih_f = w_hh * f[:, None], w_ih * f[:, None]
-        carry = None  # gradient on h at the step before the chunk just processed (its rows)
-        m_views = -1
-        for c0, c1, m in reversed(chunks):
-            k = c1 - c0
-            if m != m_views:
-                # Chunk scratch: D = total gradient on h_t; grad_gh = gradients of W_hh h + b_hh.
-                K = min(GRU_CHUNK_STEPS, T)
+        K = max(c.steps for c in chunks) if chunks else 1
+        carry = None  # gradient on h at the step before the later chunk, from that chunk's steps
+        scratch_rows = -1
+        for i in reversed(range(len(chunks))):
+            c = chunks[i]
+            k, m, rows = c.steps, c.rows, slice(c.offset, c.offset + c.steps * c.rows)
+            if m != scratch_rows:
+                # D = total gradient on h_t; grad_gh = gradients of W_hh h + b_hh.
                 D = grad_Y.new_empty(K, m, H)
                 grad_gh = grad_Y.new_empty(K, m, 3, H)
                 d_, d_row, ggh_ = D.unbind(0), D.unsqueeze(2).unbind(0), grad_gh.unbind(0)
                 ggh_flat = grad_gh.view(K, m, 3 * H).unbind(0)
-                c_, z_, gY_ = C[:, :m].unbind(0), RZ[:, :m, H:].unbind(0), grad_Y[:, :m].unbind(0)
-                m_views = m
-            # D at the chunk's last step: its own output gradient, plus what the later chunk
-            # carried back for the rows it computed (that carry already includes grad_Y).
-            D[k - 1].copy_(gY_[c1 - 1])
-            if carry is not None:
-                D[k - 1, : carry.shape[0]].copy_(carry)
+                scratch_rows = m
+            c_ = C[rows].view(k, m, 3, H).unbind(0)
+            z_ = RZ[rows].view(k, m, 2 * H)[..., H:].unbind(0)
+            gY_ = grad_Y[rows].view(k, m, H).unbind(0)
+            D[k - 1].copy_(gY_[k - 1])
+            if carry is not None:  # the later chunk computes a prefix of these rows
+                D[k - 1, : carry.shape[0]] += carry
             for j in reversed(range(k)):
-                t = c0 + j
-                torch.mul(c_[t], d_row[j], out=ggh_[j])
-                if t == 0:
-                    carry = torch.addmm(d_[j] * z_[t], ggh_flat[j], w_hh_f)  # gradient on h0
-                else:  # D_{t-1} = grad_Y[t-1] + D_t * z_t + grad_gh_t @ W_hh
-                    carry = torch.addmm(torch.addcmul(gY_[t - 1], d_[j], z_[t]), ggh_flat[j], w_hh_f,
-                                        out=d_[j - 1] if j > 0 else None)
+                torch.mul(c_[j], d_row[j], out=ggh_[j])
+                if j > 0:  # D_{t-1} = grad_Y[t-1] + D_t * z_t + grad_gh_t @ W_hh
+                    torch.addmm(torch.addcmul(gY_[j - 1], d_[j], z_[j]), ggh_flat[j], w_hh_f, out=d_[j - 1])
+                else:  # the part of D_{t0-1} that flows back through this chunk's first step
+                    carry = torch.addmm(d_[0] * z_[0], ggh_flat[0], w_hh_f)
             g_gh = grad_gh[:k].view(k * m, 3 * H)
             g_rz = g_gh[:, : 2 * H]  # the r and z gates have the same gradient on the input side
-            g_in = torch.mul(D[:k], CN[c0:c1, :m]).view(k * m, H)
-            x_c = x[c0:c1, :m].reshape(k * m, I)
+            g_in = torch.mul(D[:k], CN[rows].view(k, m, H)).view(k * m, H)
+            x_c = x[rows]
             if grad_x is not None:
-                if m == M:
-                    torch.addmm(g_in @ w_ih_f[2 * H:], g_rz, w_ih_f[: 2 * H], out=grad_x[c0:c1].view(k * M, I))
-                else:
-                    grad_x[c0:c1, :m] = torch.addmm(g_in @ w_ih_f[2 * H:], g_rz, w_ih_f[: 2 * H]).view(k, m, I)
+                torch.addmm(g_in @ w_ih_f[2 * H:], g_rz, w_ih_f[: 2 * H], out=grad_x[rows])
             grad_w_ih[: 2 * H].addmm_(g_rz.t(), x_c)
             grad_w_ih[2 * H:].addmm_(g_in.t(), x_c)
             grad_b_ih[: 2 * H] += g_rz.sum(0)
             grad_b_ih[2 * H:] += g_in.sum(0)
-            if c0 == 0:
-                grad_w_hh.addmm_(g_gh[:m].t(), h0[:m])
-                if k > 1:
-                    grad_w_hh.addmm_(g_gh[m:].t(), Y[: k - 1, :m].reshape((k - 1) * m, H))
-            else:
-                grad_w_hh.addmm_(g_gh.t(), Y[c0 - 1: c1 - 1, :m].reshape(k * m, H))
+            if i == 0:
+                h_before = h0[:m]
+            else:  # the previous chunk's last step (it computes at least these rows)
+                p = chunks[i - 1]
+                start = p.offset + (p.steps - 1) * p.rows
+                h_before = Y[start: start + m]
+            grad_w_hh.addmm_(g_gh[:m].t(), h_before)
+            if k > 1:
+                grad_w_hh.addmm_(g_gh[m:].t(), Y[c.offset: c.offset + (k - 1) * m])
             grad_b_hh += g_gh.sum(0)
-        if chunks and chunks[0][0] == 0:
+        if carry is not None:
             grad_h0[: carry.shape[0]] = carry
         for grad in (grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh):
             grad.mul_(f if grad.dim() == 1 else f[:, None])
         return grad_x, grad_w_ih, grad_b_ih, grad_h0, grad_w_hh, grad_b_hh, None
 
 
-def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor, chunk_rows=None) -> torch.Tensor:
+def _check_gru(gru: nn.GRU):
+    if gru.num_layers != 1 or gru.bidirectional or gru.batch_first or not gru.bias:
+        raise ValueError("gru_sequence supports a one-layer, unidirectional, seq-first GRU with biases")
+
+
+def _run_gru(gru: nn.GRU, x, h0, chunks):
+    params = (gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0)
+    w_ih, b_ih, w_hh, b_hh = params
+    if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)):
+        return _GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, chunks)
+    with torch.no_grad():
+        return _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False, chunks=chunks)
+
+
+def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     """All hidden states [T, M, H] of the one-layer ``gru`` over x [T, M, I] from h0 [M, H].
 
     Same result as ``gru(x, h0[None])[0]``; on CPU computed by ``_gru_forward`` (see module doc).
-
-    ``chunk_rows`` (optional, CPU): a non-increasing row count per chunk of ``GRU_CHUNK_STEPS``
-    steps. Chunk c then computes only rows ``[:chunk_rows[c]]`` and the other rows of the
-    result are zero: for sequences sorted by length, rows of sequences that have ended before
-    the chunk starts are never computed. Computed rows are exactly as without ``chunk_rows``
-    (the GRU is causal), and so are gradients that reach only computed rows. Elsewhere than on
-    CPU every row is computed.
     """
-    if gru.num_layers != 1 or gru.bidirectional or gru.batch_first or not gru.bias:
-        raise ValueError("gru_sequence supports a one-layer, unidirectional, seq-first GRU with biases")
+    _check_gru(gru)
     if x.dim() != 3 or x.shape[0] == 0 or tuple(h0.shape) != (x.shape[1], gru.hidden_size):
         raise ValueError(f"gru_sequence needs x [T >= 1, M, I] and h0 [M, {gru.hidden_size}], "
                          f"got {tuple(x.shape)} and {tuple(h0.shape)}")
     if x.device.type != "cpu":
         return gru(x, h0.unsqueeze(0).contiguous())[0]
-    if chunk_rows is not None:
-        chunk_rows = tuple(int(r) for r in chunk_rows)
-        _chunk_bounds(x.shape[0], chunk_rows, x.shape[1])  # validate before any work
-        if all(r == x.shape[1] for r in chunk_rows):
-            chunk_rows = None
-    params = (gru.weight_ih_l0, gru.bias_ih_l0, gru.weight_hh_l0, gru.bias_hh_l0)
-    w_ih, b_ih, w_hh, b_hh = params
-    if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)):
-        return _GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, chunk_rows)
-    with torch.no_grad():
-        return _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False, chunk_rows=chunk_rows)
+    T, M, I = x.shape
+    chunks = _packed_chunks(T, [M] * len(range(0, T, min(GRU_CHUNK_STEPS, T))))
+    return _run_gru(gru, x.reshape(T * M, I), h0, chunks).view(T, M, gru.hidden_size)
+
+
+def gru_packed(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor, T: int, chunk_rows) -> torch.Tensor:
+    """The one-layer ``gru`` over sequences of different lengths, in a packed layout.
+
+    The M sequences are sorted so that those still running form a prefix: chunk c of
+    ``GRU_CHUNK_STEPS`` steps computes rows ``[:chunk_rows[c]]`` only (a non-increasing count).
+    x [R, I] holds, step after step, the computed rows of each step (R = ``packed_size(T,
+    chunk_rows)``); the result [R, H] holds their hidden states in the same layout, from h0
+    [M, H]. Each row equals ``gru_sequence`` on the full sequences: rows past a sequence's end in
+    a dense layout are simply never computed (PyTorch's PackedSequence does the same per step).
+    """
+    _check_gru(gru)
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"gru_packed needs T >= 1 time steps, got {T!r}")
+    if h0.dim() != 2 or h0.shape[1] != gru.hidden_size:
+        raise ValueError(f"gru_packed needs h0 [M, {gru.hidden_size}], got {tuple(h0.shape)}")
+    rows = _check_chunk_rows(T, h0.shape[0], chunk_rows)
+    R = packed_size(T, rows)
+    if tuple(x.shape) != (R, gru.input_size):
+        raise ValueError(f"gru_packed needs x [{R}, {gru.input_size}] for T={T} and chunk_rows={rows}, "
+                         f"got {tuple(x.shape)}")
+    return _run_gru(gru, x.contiguous(), h0, _packed_chunks(T, rows))
 
 
 # Skipping rows past episode ends has a fixed cost (sorting the batch by length, rebuilding
@@ -386,7 +427,7 @@ class RNNAgent(nn.Module):
         """``unroll`` computing only the rows episodes need (masking axis 9: no forward passes on
         padded or post-terminal rows). Episodes are sorted by length so that those still running
         form a prefix; per chunk of ``GRU_CHUNK_STEPS`` steps only the episodes running at the
-        chunk's start go through fc1, the GRU (``gru_sequence`` with ``chunk_rows``) and fc2.
+        chunk's start go through fc1, the GRU (``gru_packed``) and fc2.
         Needed rows and their gradients are exactly the full unroll's (the network is causal);
         rows never computed hold zero Q-values.
         """
@@ -396,26 +437,24 @@ class RNNAgent(nn.Module):
         lengths = lengths.to(device=device, dtype=torch.long).clamp(0, T)
         order = torch.argsort(lengths, descending=True, stable=True)
         episodes_per_chunk = self._chunk_episodes(lengths[order], T)
-        # The computed (time step, sorted episode) pairs, as rows of the time-major sorted layout
-        # [T * B] ("slot") and of the batch layout [B * T] ("source").
+        # The computed (time step, episode) pairs in the GRU's packed order: step-major, and
+        # within a step the episodes still running, longest first.
         K = min(GRU_CHUNK_STEPS, T)
         steps, ranks = [], []
         for t0, n in zip(range(0, T, K), episodes_per_chunk):
             t = torch.arange(t0, min(t0 + K, T), device=device)
             steps.append(t.repeat_interleave(n))
             ranks.append(torch.arange(n, device=device).repeat(len(t)))
-        steps, ranks = torch.cat(steps), torch.cat(ranks)
-        slot = steps * B + ranks
-        source = order[ranks] * T + steps
-        R = source.numel()
-        obs_rows = obs.reshape(B * T, N, D).index_select(0, source).view(1, R, N, D)
-        actions_rows = None if last_actions is None else last_actions.reshape(B * T, N).index_select(0, source).view(1, R, N)
-        x_rows = self._input_layer(obs_rows, actions_rows).view(R, N * H)
-        x = x_rows.new_zeros(T * B, N * H).index_copy(0, slot, x_rows).view(T, B * N, H)
+        steps, episodes = torch.cat(steps), order[torch.cat(ranks)]
+        R = steps.numel()
+        obs_rows = obs[episodes, steps].unsqueeze(0)  # [1, R, N, D]: gathered, never a full copy
+        actions_rows = None if last_actions is None else last_actions[episodes, steps].unsqueeze(0)
+        x_rows = self._input_layer(obs_rows, actions_rows)  # [R * N, H]: packed, as the GRU wants
         h0 = self.initial_hidden(B) if hidden is None else self._checked_hidden(hidden, B, N)
-        Y = gru_sequence(self.rnn, x, h0.index_select(0, order).view(B * N, H), [n * N for n in episodes_per_chunk])
-        q_rows = self.fc2(Y.view(T * B, N, H).index_select(0, slot))  # [R, N, A]
-        return q_rows.new_zeros(B * T, N, A).index_copy(0, source, q_rows).view(B, T, N, A)
+        Y = gru_packed(self.rnn, x_rows, h0.index_select(0, order).view(B * N, H), T,
+                       [n * N for n in episodes_per_chunk])
+        q_rows = self.fc2(Y).view(R, N, A)
+        return q_rows.new_zeros(B * T, N, A).index_copy(0, episodes * T + steps, q_rows).view(B, T, N, A)
 
     # -- internals ---------------------------------------------------------------------------
 
