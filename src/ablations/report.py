@@ -363,7 +363,8 @@ def plot_curves(analysis: MetricAnalysis, variants: List[str], path: Path) -> bo
         ax.set_ylabel(f"IQM {analysis.metric}")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=min(6, len(labels)), fontsize="small")
+    fits = max(1, int(figure.get_figwidth() / 2.4))  # legend columns of variant names that fit the width
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(fits, len(labels)), fontsize="small")
     figure.savefig(path, dpi=110)
     return True
 
