@@ -400,8 +400,11 @@ class RNNAgent(nn.Module):
             if tuple(lengths.shape) != (B,) or lengths.is_floating_point():
                 raise ValueError(f"lengths must be an integer tensor of shape ({B},), got "
                                  f"{tuple(lengths.shape)} {lengths.dtype}")
-            if obs.device.type == "cpu" and self._skipped_rows(lengths, T) >= RAGGED_MIN_SKIPPED_FRACTION * B * T:
-                return self._unroll_ragged(obs, None if la is None else la.transpose(0, 1), hidden, lengths)
+            episodes_per_chunk = self._chunk_episodes(lengths, T)
+            skipped = B * T - packed_size(T, episodes_per_chunk)  # episode-rows never computed
+            if obs.device.type == "cpu" and skipped >= RAGGED_MIN_SKIPPED_FRACTION * B * T:
+                return self._unroll_ragged(obs, None if la is None else la.transpose(0, 1), hidden, lengths,
+                                           episodes_per_chunk)
         # fc1 in the batch's own layout, so the wide observations are never copied; only the
         # narrow hidden activations are transposed to time-major for the recurrence.
         x = self._input_layer(obs, None if la is None else la.transpose(0, 1))
@@ -411,19 +414,13 @@ class RNNAgent(nn.Module):
 
     @staticmethod
     def _chunk_episodes(lengths: torch.Tensor, T: int) -> list:
-        """Per chunk of ``GRU_CHUNK_STEPS`` steps, how many episodes are still running at its start."""
+        """Per chunk of ``GRU_CHUNK_STEPS`` steps, how many episodes are still running at its start
+        (whatever their order)."""
         K = min(GRU_CHUNK_STEPS, T)
         running = lengths.clamp(0, T).tolist()
         return [sum(1 for length in running if length > t0) for t0 in range(0, T, K)]
 
-    @classmethod
-    def _skipped_rows(cls, lengths: torch.Tensor, T: int) -> int:
-        """Episode-rows that chunked skipping would not compute."""
-        K = min(GRU_CHUNK_STEPS, T)
-        computed = sum(n * (min(t0 + K, T) - t0) for n, t0 in zip(cls._chunk_episodes(lengths, T), range(0, T, K)))
-        return lengths.numel() * T - computed
-
-    def _unroll_ragged(self, obs, last_actions, hidden, lengths):
+    def _unroll_ragged(self, obs, last_actions, hidden, lengths, episodes_per_chunk):
         """``unroll`` computing only the rows episodes need (masking axis 9: no forward passes on
         padded or post-terminal rows). Episodes are sorted by length so that those still running
         form a prefix; per chunk of ``GRU_CHUNK_STEPS`` steps only the episodes running at the
@@ -436,7 +433,6 @@ class RNNAgent(nn.Module):
         device = obs.device
         lengths = lengths.to(device=device, dtype=torch.long).clamp(0, T)
         order = torch.argsort(lengths, descending=True, stable=True)
-        episodes_per_chunk = self._chunk_episodes(lengths[order], T)
         # The computed (time step, episode) pairs in the GRU's packed order: step-major, and
         # within a step the episodes still running, longest first.
         K = min(GRU_CHUNK_STEPS, T)
