@@ -320,3 +320,43 @@ def test_runs_copied_from_another_machine_join_the_sweep_when_their_variant_matc
     # Its "filled_only" is another definition: listed, not used.
     assert "| `filled_only__3m__seed7` | filled_only | 3m | 7 | conflicting |" in text
     assert "4 expected; 3 finished, 0 failed, 0 running, 0 interrupted, 0 missing, 1 conflicting" in text
+
+
+# --------------------------------------------------------------------------- plateau check
+def test_score_at_fraction_averages_the_evaluations_up_to_the_cut():
+    steps, values = np.array([0, 2000, 4000, 6000, 8000]), np.array([0.0, 0.3, 0.5, 0.7, 0.9])
+    cut, score = report.score_at_fraction(steps, values, 0.8, last_k=3)  # cut at 6400: evaluations 0..6000
+    assert cut == 6400 and score == pytest.approx((0.3 + 0.5 + 0.7) / 3)
+    assert report.score_at_fraction(steps, values, 1.0, last_k=2)[1] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="fraction=0"):
+        report.score_at_fraction(steps, values, 0, last_k=3)
+    with pytest.raises(ValueError, match="no evaluation at or before step 50"):
+        report.score_at_fraction(np.array([100, 200]), np.array([0.1, 0.2]), 0.25, last_k=1)
+
+
+def test_plateau_check_scores_the_reference_stopped_earlier(analysis, built):
+    # Five evaluations 2000 apart: stopped at 80% of 8000 (6400), the last three are evaluations 1-3.
+    for m in MAPS:
+        check = analysis.reference_earlier[m]
+        earlier = [np.mean(curve("standard", m, s)[1:4]) for s in SEEDS]
+        gains = [hand_final("standard", m, s) - e for s, e in zip(SEEDS, earlier)]
+        assert check.cut_step == pytest.approx(6400)
+        assert check.earlier.point == pytest.approx(hand_iqm(earlier))
+        assert check.gain.point == pytest.approx(hand_iqm(gains))
+    # The synthetic reference rises from level/2 to its level in every run: still improving.
+    _, text = built
+    line = next(line for line in text.splitlines() if line.startswith("- Plateau check on 3m"))
+    check = analysis.reference_earlier["3m"]
+    assert f"scored {check.earlier.text()} with its runs stopped at 80%" in line
+    assert f"{analysis.per_map['3m']['standard'].text()} at the end" in line
+    assert f"gain {check.gain.text()}: **still improving**" in line
+
+
+def test_plateau_verdict_follows_the_interval_of_the_gain():
+    def check(low, high):
+        return report.PlateauCheck(400.0, stats.Estimate(0.9, 0.8, 1.0, 5), stats.Estimate((low + high) / 2, low, high, 5))
+    end = stats.Estimate(0.9, 0.8, 1.0, 5)
+    analysis = report.MetricAnalysis("m", 3, {}, {m: {"standard": end} for m in ("a", "b", "c")}, {}, [], {}, {}, {}, [],
+                                     {"a": check(-0.05, 0.1), "b": check(0.01, 0.2), "c": check(-0.2, -0.01)})
+    flat, rising, falling = report.plateau_sentences(analysis)
+    assert "no change detected" in flat and "a gain of up to 0.1 is not ruled out" in flat and "**still improving**" in rising and "**degrading**" in falling

@@ -33,6 +33,8 @@ DEFINING_KEYS = ("variant", "map_name", "seed", "alg", "env", "overrides")
 FIGURES_DIR = "figures"
 MARL_EVAL_FILE = "marl_eval.json"
 FEW_RUNS = 5  # below this many runs per map, the summary warns that CIs are indicative
+# The plateau check scores the reference as if its runs had stopped at this fraction of their steps.
+EARLIER_FRACTION = 0.8
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -138,6 +140,28 @@ class MetricAnalysis:
     aggregate_poi: Dict[str, stats.Estimate]
     curves: Dict[str, Tuple[np.ndarray, Dict[str, tuple]]]  # map or "all maps" -> (grid, variant -> (iqm, low, high, runs))
     notes: List[str]
+    reference_earlier: Dict[str, "PlateauCheck"] = field(default_factory=dict)  # map -> the reference's plateau check
+
+
+@dataclass(frozen=True)
+class PlateauCheck:
+    """The reference's runs scored as if stopped at EARLIER_FRACTION of their steps."""
+    cut_step: float  # median over runs of the step where they are cut
+    earlier: stats.Estimate  # IQM of those scores
+    gain: stats.Estimate  # IQM of each run's final score minus its own earlier score (paired)
+
+
+def score_at_fraction(steps: np.ndarray, values: np.ndarray, fraction: float, last_k: int) -> Tuple[float, float]:
+    """The final score of a run had it stopped at ``fraction`` of its last evaluation's step: the
+    mean of the last ``last_k`` evaluations at or before that step. Returns ``(cut step, score)``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    cut = fraction * steps[-1]
+    kept = values[steps <= cut]
+    if kept.size == 0:
+        raise ValueError(f"no evaluation at or before step {cut:g} (first at {steps[0]:g})")
+    return cut, stats.final_score(kept, last_k)
 
 
 ALL_MAPS = "all maps"
@@ -217,6 +241,18 @@ def analyse_metric(spec: SweepSpec, records: List[RunRecord], metric: str, last_
                     aggregate_poi[v] = stats.improvement_estimate(
                         matrices[v], matrices[reference], reps, stats.key_seed(seed, metric, "poi", ALL_MAPS, v))
 
+    reference_earlier = {}
+    for m in maps:
+        runs = series[reference][m] if reference else []
+        if runs and all(np.asarray(steps)[0] <= EARLIER_FRACTION * np.asarray(steps)[-1] for steps, _ in runs):
+            cuts_scores = [score_at_fraction(steps, values, EARLIER_FRACTION, last_k) for steps, values in runs]
+            earlier = np.array([score for _, score in cuts_scores])
+            gains = np.array([stats.final_score(values, last_k) for _, values in runs]) - earlier
+            reference_earlier[m] = PlateauCheck(
+                float(np.median([cut for cut, _ in cuts_scores])),
+                stats.iqm_estimate(earlier[:, None], reps, stats.key_seed(seed, metric, "earlier", m)),
+                stats.iqm_estimate(gains[:, None], reps, stats.key_seed(seed, metric, "gain", m)))
+
     curves = {}
     for m in maps:
         block = _curve_block({v: [series[v][m]] for v in variants}, reps, seed, f"{metric}|{m}")
@@ -226,7 +262,8 @@ def analyse_metric(spec: SweepSpec, records: List[RunRecord], metric: str, last_
         block = _curve_block({v: [series[v][m] for m in aggregate_maps] for v in variants}, reps, seed, f"{metric}|{ALL_MAPS}")
         if block:
             curves[ALL_MAPS] = block
-    return MetricAnalysis(metric, last_k, finals, per_map, per_map_poi, aggregate_maps, aggregate, aggregate_poi, curves, notes)
+    return MetricAnalysis(metric, last_k, finals, per_map, per_map_poi, aggregate_maps, aggregate, aggregate_poi, curves,
+                          notes, reference_earlier)
 
 
 def summary_sentences(analysis: MetricAnalysis, reference: str = REFERENCE_VARIANT) -> List[str]:
@@ -275,6 +312,30 @@ def summary_sentences(analysis: MetricAnalysis, reference: str = REFERENCE_VARIA
             if v != reference and e is not None and not e.overlaps(by_variant[reference]):
                 per_map_differences.append(f"`{v}` on {m} ({'higher' if e.point > by_variant[reference].point else 'lower'})")
     lines.append("Per map, non-overlapping CIs: " + (", ".join(per_map_differences) if per_map_differences else "none") + ".")
+    lines += plateau_sentences(analysis, reference)
+    return lines
+
+
+def plateau_sentences(analysis: MetricAnalysis, reference: str = REFERENCE_VARIANT) -> List[str]:
+    """Whether the reference was still improving at the end: each run's final score against its own
+    score had it stopped at EARLIER_FRACTION of its steps (paired, so seed-to-seed spread cancels)."""
+    lines = []
+    for m, check in analysis.reference_earlier.items():
+        end = analysis.per_map[m].get(reference)
+        if end is None:
+            continue
+        gain = check.gain
+        if gain.low > 0:
+            verdict = ("**still improving**: the CI of the gain excludes 0, so the variants are compared before the "
+                       "reference's plateau")
+        elif gain.high < 0:
+            verdict = "**degrading**: the CI of the gain lies below 0"
+        else:
+            verdict = (f"the CI of the gain contains 0: no change detected over the last steps at this number of "
+                       f"runs, but a gain of up to {gain.high:.3g} is not ruled out")
+        lines.append(f"Plateau check on {m}: `{reference}` scored {check.earlier.text()} with its runs stopped at "
+                     f"{EARLIER_FRACTION:.0%} of their steps (median {check.cut_step:,.0f}) and {end.text()} at the end; "
+                     f"IQM of the per-run gain {gain.text()}: {verdict}.")
     return lines
 
 
@@ -470,6 +531,9 @@ def build_report(sweep_dir, metric: str = REPORT_METRICS[0], out=None, last_k: i
         f"- Implementation: rliable {_rliable_version()}'s stratified bootstrap (`get_interval_estimates`); IQM and "
         "probability of improvement as defined by rliable, computed with numpy (checked against `rliable.metrics` in the "
         "tests). Scores are not normalised.\n"
+        f"- Plateau check: each `{REFERENCE_VARIANT}` run is scored as if it had stopped at {EARLIER_FRACTION:.0%} of its "
+        f"last evaluation's step (mean of its last {last_k} evaluations up to there); the IQM [CI] of each run's "
+        "final score minus that earlier score (paired by run) tells whether it was still improving.\n"
         "- Non-overlapping 95% CIs are a conservative sign of a difference; overlapping CIs do not show equality.")
     md += ["", "## Variants", ""]
     md.append(_table(["variant", "overrides", "description"],
