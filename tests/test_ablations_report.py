@@ -360,3 +360,21 @@ def test_plateau_verdict_follows_the_interval_of_the_gain():
                                      {"a": check(-0.05, 0.1), "b": check(0.01, 0.2), "c": check(-0.2, -0.01)})
     flat, rising, falling = report.plateau_sentences(analysis)
     assert "no change detected" in flat and "a gain of up to 0.1 is not ruled out" in flat and "**still improving**" in rising and "**degrading**" in falling
+
+
+def test_a_single_map_sweep_reports_one_interval_for_its_all_maps_and_per_map_tables(tmp_path):
+    """With one map, "all maps" is that map: the same estimates, not a second bootstrap draw that
+    would print a different CI for the same quantity."""
+    spec = sweep.parse_sweep({"name": "one", "variants": ["standard", "timeout_as_terminal"], "maps": ["3m"],
+                              "seeds": SEEDS}, validate=False)
+    sweep.write_sweep_file(spec, tmp_path)
+    for run in sweep.expand(spec, tmp_path):
+        write_run(run.run_dir, curve(run.variant, run.map_name, run.seed))
+    records = report.collect_runs(spec, tmp_path)
+    analysis = report.analyse_metric(spec, records, "test_battle_won_mean", last_k=3, reps=200, seed=0)
+    assert analysis.aggregate_maps == ["3m"]
+    for v in ("standard", "timeout_as_terminal"):
+        assert analysis.aggregate[v] == analysis.per_map["3m"][v]
+        assert analysis.aggregate[v].point == pytest.approx(hand_iqm([hand_final(v, "3m", s) for s in SEEDS]))
+    assert analysis.aggregate_poi["timeout_as_terminal"] == analysis.per_map_poi["3m"]["timeout_as_terminal"]
+    assert "standard" not in analysis.aggregate_poi

@@ -227,7 +227,11 @@ def analyse_metric(spec: SweepSpec, records: List[RunRecord], metric: str, last_
         notes.append(f"Maps {left_out_maps} lack finished runs of some variant; the all-maps statistics "
                      f"use only {aggregate_maps or 'no map'}, so that every variant is compared on the same maps.")
     aggregate, aggregate_poi, matrices = {}, {}, {}
-    if aggregate_maps:
+    if len(aggregate_maps) == 1:  # the same quantity as the map's own: report the same draw, not a second one
+        only = aggregate_maps[0]
+        aggregate = dict(per_map[only])
+        aggregate_poi = {v: e for v, e in per_map_poi[only].items() if e is not None}
+    elif aggregate_maps:
         for v in variants:
             matrix, dropped = stats.stack_runs([scores(v, m) for m in aggregate_maps])
             matrices[v] = matrix
