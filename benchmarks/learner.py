@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from qmixlab.components.episode_batch import EpisodeBatch
 from qmixlab.components.replay_buffer import ReplayBuffer, StorageOptions
 from qmixlab.controllers.agent_controller import AgentController
+from qmixlab.components.mask_options import MaskOptions
 from qmixlab.learners.q_learner import LearnerOptions, QLearner
 from qmixlab.modules.agents import RNNAgent
 from qmixlab.modules.mixers import build_mixer
@@ -142,8 +143,9 @@ class BaselineLearner:
     def __init__(self, episodes: EpisodeBatch, n_agents, n_actions, state_dim, obs_dim, hidden=64, seed=0):
         torch.manual_seed(seed)
         self.n_agents, self.n_actions = n_agents, n_actions
-        # every field, one-hot actions and filled included, as float32
+        # every field, one-hot actions (PyMARL stores them) and filled included, as float32
         self.storage = {k: episodes[k].float().clone() for k in episodes.scheme}
+        self.storage["actions_onehot"] = F.one_hot(episodes["actions"][..., 0].long(), n_actions).float()
         self.agent = BaselineAgent(obs_dim + n_actions + n_agents, hidden, n_actions)
         self.mixer = BaselineQMixer(n_agents, state_dim)
         self.target_agent, self.target_mixer = copy.deepcopy(self.agent), copy.deepcopy(self.mixer)
@@ -212,7 +214,9 @@ class QmixlabStep:
         self.buffer.insert_episode_batch(episodes)
         agent = RNNAgent(obs_dim, n_actions, n_agents, hidden_dim=64)
         mixer = build_mixer("qmix", n_agents, state_dim, mixing_embed_dim=32, hypernet_layers=2, hypernet_embed=64)
-        self.learner = QLearner(AgentController(agent, None), mixer, n_agents, LearnerOptions())
+        # PyMARL's hyper-parameters, as the baseline's (RMSprop, one-step targets).
+        options = LearnerOptions(optimiser="rmsprop", lr=5e-4, optim_alpha=0.99, optim_eps=1e-5, td_lambda=0.0)
+        self.learner = QLearner(AgentController(agent, None), mixer, n_agents, options, MaskOptions())
 
     def train_step(self, batch_size):
         return self.learner.train(self.buffer.sample(batch_size))["loss"]

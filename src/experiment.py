@@ -51,10 +51,26 @@ def _with_value(argv: List[str], key: str) -> Optional[str]:
     return value
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not when the handler was
+    made), so that redirecting stderr after start-up, as tests and notebooks do, keeps working."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _console_logger() -> logging.Logger:
     logger = logging.getLogger("qmixlab")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[%(levelname)s %(asctime)s] %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -85,8 +101,10 @@ def build_experiment(alg: str, env: str):
         validate_config(config)
         return {}
 
+    # ``env_args`` is captured so that sacred accepts arguments of environments that take
+    # ``**kwargs`` (their names are not in the composed config); ``validate`` checks them.
     @experiment.main
-    def qmixlab_run(_run, _config, _log):
+    def qmixlab_run(_run, _config, _log, env_args):
         from qmixlab import run as run_module
         from qmixlab.metrics import RunLogger
 
@@ -111,24 +129,77 @@ def build_experiment(alg: str, env: str):
     return experiment
 
 
+def _parse_sacred_command_line(experiment, argv: List[str]):
+    """sacred's own parsing of ``argv`` (what ``Experiment.run_commandline`` does before running),
+    so that qmixlab can adjust the updates for a resume and report user errors in one line."""
+    from docopt import docopt
+    from sacred.arg_parser import get_config_updates
+
+    short_usage, usage, internal_usage = experiment.get_usage()
+    args = docopt(internal_usage, [str(a) for a in argv[1:]], default_help=False)
+    command = args.get("COMMAND") or experiment.default_command
+    config_updates, named_configs = get_config_updates(args["UPDATE"])
+    error = experiment._check_command(command)
+    if not args["help"] and error:
+        print(short_usage, file=sys.stderr)
+        print(error, file=sys.stderr)
+        raise SystemExit(2)
+    if experiment._handle_help(args, usage):
+        raise SystemExit(0)
+    return command, config_updates, named_configs, args
+
+
+def _user_error(error: BaseException) -> "SystemExit":
+    print(f"qmixlab: {error}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def main(argv: Optional[List[str]] = None):
     argv = list(sys.argv if argv is None else argv)
     if len(argv) > 1 and argv[1] in ("ablate", "report"):
         from qmixlab import ablations
 
         return ablations.main(argv[1:])
+    if len(argv) > 1 and argv[1] == "check-env":
+        from qmixlab.envs.conformance import main as check_env_main
+
+        code = check_env_main(argv[2:])
+        if code:
+            raise SystemExit(code)
+        return code
     argv, alg, env = _split_pymarl_flags(argv)
-    alg = _with_value(argv, "alg") or alg or "qmix"
-    env = _with_value(argv, "env") or env or load_yaml(None, "default").get("env", "smacsim")
+    from qmixlab.checkpoints import CheckpointError
+    from qmixlab.resume import ResumePlan, plan_resume
+
     try:
+        resume: Optional[ResumePlan] = plan_resume(_with_value(argv, "checkpoint_path"), _with_value(argv, "load_step"))
+        alg = _with_value(argv, "alg") or alg or (resume.alg if resume else None) or "qmix"
+        env = _with_value(argv, "env") or env or (resume.env if resume else None) or \
+            load_yaml(None, "default").get("env", "smacsim")
         experiment = build_experiment(alg, env)
-    except ConfigError as error:
-        print(f"qmixlab: {error}", file=sys.stderr)
-        raise SystemExit(2)
-    if "--help" not in argv and "-h" not in argv and not any(flag in argv or any(
-            a.startswith(flag + "=") for a in argv) for flag in OBSERVER_FLAGS):
+        command, config_updates, named_configs, options = _parse_sacred_command_line(experiment, argv)
+        if resume is not None and command == experiment.default_command:
+            config_updates = resume.apply(config_updates, log=_console_logger())
+    except (ConfigError, CheckpointError) as error:
+        raise _user_error(error)
+    observed = not any(flag in argv or any(a.startswith(flag + "=") for a in argv) for flag in OBSERVER_FLAGS)
+    if observed:
         from sacred.observers import FileStorageObserver
 
-        results = _with_value(argv, "local_results_path") or load_yaml(None, "default")["local_results_path"]
+        results = (config_updates.get("local_results_path") or _with_value(argv, "local_results_path")
+                   or load_yaml(None, "default")["local_results_path"])
         experiment.observers.append(FileStorageObserver(os.path.join(results, "sacred")))
-    return experiment.run_commandline(argv)
+    from sacred.utils import SacredError
+
+    from qmixlab.run import RunInterrupted, UserFacingError
+
+    try:
+        return experiment.run(command, config_updates, named_configs, info={}, meta_info={}, options=options)
+    except (ConfigError, CheckpointError, UserFacingError, SacredError) as error:
+        raise _user_error(error)
+    except RunInterrupted as stop:
+        print(f"qmixlab: {stop}", file=sys.stderr)
+        raise SystemExit(stop.exit_code)
+    except KeyboardInterrupt:
+        print("qmixlab: interrupted", file=sys.stderr)
+        raise SystemExit(130)

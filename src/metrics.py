@@ -1,5 +1,7 @@
 """Training statistics: accumulated between log points, then sent to sacred, TensorBoard and the
-console. Memory stays bounded: only running sums and a short window of recent values are kept.
+console. Running sums and a short window of recent values serve the console; every logged point is
+also kept (a few numbers per log point, about 16 bytes each) so that a checkpoint carries the run's
+record and a resumed run's record holds every point the uninterrupted run's does.
 """
 
 from __future__ import annotations
@@ -7,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 class RunLogger:
@@ -19,6 +21,7 @@ class RunLogger:
         self.recent_size = recent
         self._sums: Dict[str, float] = {}
         self._counts: Dict[str, int] = {}
+        self._history: Dict[str, Tuple[List[int], List[float]]] = {}
         self._tensorboard = None
         if tensorboard_dir:
             try:
@@ -42,6 +45,9 @@ class RunLogger:
         value = float(value)
         window = self.recent.setdefault(name, deque(maxlen=self.recent_size))
         window.append((t_env, value))
+        steps, values = self._history.setdefault(name, ([], []))
+        steps.append(int(t_env))
+        values.append(value)
         if self.sacred_run is not None:
             self.sacred_run.log_scalar(name, value, t_env)
         if self._tensorboard is not None:
@@ -55,6 +61,13 @@ class RunLogger:
             means[name] = self._sums.pop(name) / max(self._counts.pop(name), 1)
             self.log(name, means[name], t_env)
         return means
+
+    def persist(self) -> None:
+        """Hand what was logged to sacred's observers now rather than at its next heartbeat
+        (every 10 s), so that a killed run's record keeps every point logged before the kill."""
+        emit = getattr(self.sacred_run, "_emit_heartbeat", None)
+        if emit is not None:
+            emit()
 
     def print_summary(self, t_env: int, episode: int, values: Dict[str, float]) -> None:
         parts = [f"t_env: {t_env}", f"episode: {episode}"]
@@ -71,13 +84,28 @@ class RunLogger:
             "sums": dict(self._sums),
             "counts": dict(self._counts),
             "recent": {k: [list(p) for p in v] for k, v in self.recent.items()},
+            "history": {k: [list(steps), list(values)] for k, (steps, values) in self._history.items()},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, replay_history: bool = False) -> None:
+        """Restore; with ``replay_history`` every point of the checkpoint's record is logged again
+        to sacred (a resumed run is a new sacred run whose record must be complete)."""
         self._sums = {k: float(v) for k, v in state["sums"].items()}
         self._counts = {k: int(v) for k, v in state["counts"].items()}
         self.recent = {k: deque([tuple(p) for p in v], maxlen=self.recent_size)
                        for k, v in state["recent"].items()}
+        self._history = {k: ([int(t) for t in steps], [float(v) for v in values])
+                         for k, (steps, values) in state.get("history", {}).items()}
+        if replay_history and self.sacred_run is not None:
+            for name, (steps, values) in self._history.items():
+                for t_env, value in zip(steps, values):
+                    self.sacred_run.log_scalar(name, value, t_env)
+            self.persist()
+
+    def history(self, name: str) -> Tuple[List[int], List[float]]:
+        """Every ``(steps, values)`` logged under ``name`` in this run (resumed runs included)."""
+        steps, values = self._history.get(name, ([], []))
+        return list(steps), list(values)
 
     def close(self) -> None:
         if self._tensorboard is not None:

@@ -4,14 +4,17 @@
 training step once the buffer holds ``batch_size`` episodes, run greedy tests every
 ``test_interval`` environment steps, log every ``log_interval``, checkpoint every
 ``save_model_interval``. A checkpoint holds everything needed to continue (networks, targets,
-optimiser, replay buffer, counters, pending statistics and every random-number state), so a
-resumed run on CPU reproduces the uninterrupted one exactly.
+optimiser, replay buffer, counters, pending statistics, every point logged so far, the run's
+settings and every random-number state), so a resumed run on CPU reproduces the uninterrupted one
+exactly and its record holds every point the uninterrupted run's has. ``LoopCounters.t_env`` is
+the one count of environment steps; the runner is told it, never keeps its own.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -22,7 +25,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from qmixlab.checkpoints import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from qmixlab.checkpoints import (
+    CheckpointError,
+    cleanup_interrupted_saves,
+    find_checkpoint,
+    load_checkpoint,
+    load_latest_readable,
+    save_checkpoint,
+)
 from qmixlab.components.action_selectors import EpsilonGreedyActionSelector
 from qmixlab.components.replay_buffer import ReplayBuffer, StorageOptions
 from qmixlab.components.schedules import LinearSchedule
@@ -33,15 +43,30 @@ from qmixlab.metrics import RunLogger
 from qmixlab.modules.agents import RNNAgent
 from qmixlab.modules.mixers import build_mixer
 from qmixlab.runners.batch_runner import BatchRunner, EpisodeStats
-from qmixlab.settings import RunSettings
+from qmixlab.settings import ConfigError, RunSettings
 
 log = logging.getLogger("qmixlab")
 
-SMAC_BACKENDS = ("smacsim", "sc2")
+
+class UserFacingError(RuntimeError):
+    """A run stopped for a reason the user can act on; the command line prints the message as
+    one line (no traceback) and exits with ``exit_code``."""
+
+    exit_code = 2
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserFacingError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run after saving (sacred records it as INTERRUPTED)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -64,46 +89,76 @@ class Components:
     buffer: ReplayBuffer
 
 
-def _derive_state_last_action(settings: RunSettings) -> bool:
+def _state_last_action_block(settings: RunSettings, spec):
+    """Where the state holds SMAC's last-action block, when the buffer should rebuild it."""
     choice = settings.buffer.derive_state_last_action
-    if choice != "auto":
-        return bool(choice)
-    args = settings.env_args
-    return (
-        settings.env in SMAC_BACKENDS
-        and args.get("state_last_action", True)
-        and not args.get("obs_instead_of_state", False)
-        and not args.get("state_timestep_number", False)
-    )
+    if choice is False or spec.state_last_action is None:
+        if choice is True:
+            raise ConfigError(
+                f"buffer.derive_state_last_action=True but environment {settings.env!r} declares no "
+                "last-action block in its state; use 'auto' or false"
+            )
+        return None
+    return tuple(spec.state_last_action)
+
+
+def free_cores() -> int:
+    """Cores this process may use that are not already busy (by the 1-minute load average)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = int(round(os.getloadavg()[0]))
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
+
+
+def set_threads(settings: RunSettings) -> None:
+    """Training steps run on ``torch_threads`` threads (rollouts always on one). More threads than
+    free cores make every step wait for a busy core: warn."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    threads = torch.get_num_threads()
+    available = free_cores()
+    if threads > available:
+        log.warning("torch_threads=%d (%d threads) but only %d core(s) look free: training steps will "
+                    "wait for busy cores and can run several times slower; torch_threads=1 avoids it",
+                    settings.torch_threads, threads, available)
 
 
 def build_components(settings: RunSettings) -> Components:
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    set_threads(settings)
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed % (2**32))
     env = make_batched_env(settings.env, settings.batch_size_run, seed=settings.seed, **settings.env_args)
+    spec = env.get_spec()
+    if settings.masks.dead_agents != "none" and not spec.can_tell_dead_agents:
+        env.close()
+        raise ConfigError(
+            f"masks.dead_agents={settings.masks.dead_agents!r} needs to know which agents are dead, but "
+            f"environment {settings.env!r} declares neither an alive mask nor a no-op action "
+            "(docs/environments.md, 'Alive agents'); use masks.dead_agents=none"
+        )
     env_info = env.get_env_info()
-    n_agents, n_actions = env_info["n_agents"], env_info["n_actions"]
-    agent = RNNAgent(env_info["obs_shape"], n_actions, n_agents, hidden_dim=settings.agent.hidden_dim,
+    n_agents, n_actions = spec.n_agents, spec.n_actions
+    agent = RNNAgent(spec.obs_shape, n_actions, n_agents, hidden_dim=settings.agent.hidden_dim,
                      use_last_action=settings.agent.use_last_action, use_agent_id=settings.agent.use_agent_id)
     epsilon = settings.epsilon
     selector = EpsilonGreedyActionSelector(LinearSchedule(epsilon.start, epsilon.finish, epsilon.anneal_time))
     mac = AgentController(agent, selector)
     mixer_settings = settings.mixer
-    mixer = build_mixer(mixer_settings.name, n_agents, env_info["state_shape"],
+    mixer = build_mixer(mixer_settings.name, n_agents, spec.state_shape,
                         mixing_embed_dim=mixer_settings.mixing_embed_dim,
                         hypernet_layers=mixer_settings.hypernet_layers,
                         hypernet_embed=mixer_settings.hypernet_embed)
-    learner = QLearner(mac, mixer, n_agents, settings.learner_options(), device=settings.device)
-    runner = BatchRunner(env, learner.mac, invalid_flag=bool(env_info.get("flags_invalid_steps", False)))
+    learner = QLearner(mac, mixer, n_agents, settings.learner, settings.masks, device=settings.device)
+    runner = BatchRunner(env, learner.mac)
     storage = StorageOptions(
         obs_dtype=getattr(torch, settings.buffer.obs_dtype),
         state_dtype=getattr(torch, settings.buffer.state_dtype),
-        derive_state_last_action=_derive_state_last_action(settings),
+        state_last_action=_state_last_action_block(settings, spec),
     )
     buffer = ReplayBuffer(runner.scheme, runner.groups, settings.buffer_size, runner.max_seq_length,
-                          preprocess=runner.preprocess, storage=storage, device="cpu", seed=settings.seed)
+                          storage=storage, device="cpu", seed=settings.seed)
     return Components(env, env_info, learner.mac, learner, runner, buffer)
 
 
@@ -149,6 +204,7 @@ def _set_rng_state(parts: Components, state: dict) -> None:
 def checkpoint_payload(settings, parts, counters, logger, include_buffer: bool) -> dict:
     return {
         "compatibility": compatibility(settings, parts.env_info),
+        "settings": asdict(settings),
         "learner": parts.learner.state_dict(),
         "buffer": parts.buffer.state_dict() if include_buffer else None,
         "counters": asdict(counters),
@@ -158,8 +214,13 @@ def checkpoint_payload(settings, parts, counters, logger, include_buffer: bool) 
 
 
 def restore(settings, parts, logger, counters: LoopCounters, weights_only_for_eval=False) -> Path:
-    path = find_checkpoint(settings.checkpoint_path, settings.load_step)
-    payload = load_checkpoint(path, expected=compatibility(settings, parts.env_info))
+    """Load ``settings.checkpoint_path`` (the latest readable checkpoint, or ``load_step``'s)."""
+    expected = compatibility(settings, parts.env_info)
+    if weights_only_for_eval:
+        path = find_checkpoint(settings.checkpoint_path, settings.load_step)
+        payload = load_checkpoint(path, expected=expected)
+    else:
+        path, payload = load_latest_readable(settings.checkpoint_path, settings.load_step, expected=expected)
     try:
         parts.learner.load_state_dict(payload["learner"])
         if weights_only_for_eval:
@@ -168,19 +229,22 @@ def restore(settings, parts, logger, counters: LoopCounters, weights_only_for_ev
             parts.buffer.load_state_dict(payload["buffer"])
         for key, value in payload["counters"].items():
             setattr(counters, key, value)
-        logger.load_state_dict(payload["logger"])
+        logger.load_state_dict(payload["logger"], replay_history=True)
         _set_rng_state(parts, payload["rng"])
     except (KeyError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {error}") from error
-    parts.runner.t_env = counters.t_env
     return path
 
 
 # --------------------------------------------------------------------------- evaluation
-def run_tests(settings, parts) -> EpisodeStats:
-    rounds = max(1, math.ceil(settings.test_nepisode / settings.batch_size_run))
+def run_tests(settings, parts, t_env: int) -> Optional[EpisodeStats]:
+    """``test_nepisode`` greedy episodes (rounded up to whole rollouts); None when it is 0."""
+    if settings.test_nepisode == 0:
+        return None
+    rounds = math.ceil(settings.test_nepisode / settings.batch_size_run)
     with single_threaded():
-        return EpisodeStats.concatenate([parts.runner.run(test_mode=True)[1] for _ in range(rounds)])
+        return EpisodeStats.concatenate(
+            [parts.runner.run(test_mode=True, t_env=t_env)[1] for _ in range(rounds)])
 
 
 def evaluate(settings: RunSettings, logger: RunLogger) -> dict:
@@ -190,11 +254,13 @@ def evaluate(settings: RunSettings, logger: RunLogger) -> dict:
     else:
         path = restore(settings, parts, logger, LoopCounters(), weights_only_for_eval=True)
         log.info("evaluating %s", path)
-    results = {"test_" + k: v for k, v in run_tests(settings, parts).summary().items()}
+    stats = run_tests(settings, parts, t_env=0)
+    results = {} if stats is None else {"test_" + k: v for k, v in stats.summary().items()}
     for key, value in results.items():
         logger.log(key, value, 0)
+    logger.persist()
     log.info("evaluation over %d episodes: %s", settings.test_nepisode,
-             ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+             ", ".join(f"{k}={v:.4g}" for k, v in results.items()) or "nothing to evaluate")
     parts.env.close()
     return results
 
@@ -213,29 +279,40 @@ def single_threaded():
 
 
 class _StopRequest:
-    """Ctrl-C asks the loop to save and stop at the end of the current iteration; a second
-    Ctrl-C interrupts at once."""
+    """Ctrl-C or SIGTERM asks the loop to save and stop at the end of the current iteration; a
+    second one interrupts at once."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, saving: bool):
+        self.signal: Optional[int] = None
+        self.saving = saving
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not in the main thread: no handler
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not in the main thread: no handler
+                pass
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("Ctrl-C: saving a checkpoint at the end of this iteration (again to abort now)")
+            raise RunInterrupted(f"{signal.Signals(signum).name} again: stopped at once, without saving",
+                                 128 + signum)
+        self.signal = signum
+        what = "saving a checkpoint and stopping" if self.saving else "stopping (save_model=False: no checkpoint)"
+        log.warning("%s: %s at the end of this iteration (again to stop at once)",
+                    signal.Signals(signum).name, what)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
         return False
 
 
@@ -252,6 +329,9 @@ def train(settings: RunSettings, logger: RunLogger, models_dir: Optional[Path] =
     """Train until ``t_max`` environment steps; returns the last logged test statistics."""
     parts = build_components(settings)
     counters = LoopCounters(last_test_t=-settings.test_interval - 1)
+    if models_dir is not None and Path(models_dir).is_dir():
+        for leftover in cleanup_interrupted_saves(models_dir):
+            log.warning("removed %s, left by a save that was killed", leftover)
     if settings.checkpoint_path:
         path = restore(settings, parts, logger, counters)
         log.info("resumed from %s at t_env=%d", path, counters.t_env)
@@ -259,44 +339,54 @@ def train(settings: RunSettings, logger: RunLogger, models_dir: Optional[Path] =
     bar = _progress_bar(settings, counters.t_env)
     started = time.time()
 
-    def save(reason: str):
+    def save(reason: str) -> Optional[Path]:
         if models_dir is None:
-            return
+            return None
+        # Set before the payload is built, so that a resumed run keeps the uninterrupted run's
+        # schedule; only periodic saves move it (an interrupted save falls between them).
+        if reason == "periodic":
+            counters.last_save_t = counters.t_env
+        counters.saved_once = True
         payload = checkpoint_payload(settings, parts, counters, logger, settings.buffer.save_in_checkpoint)
         folder = save_checkpoint(models_dir, counters.t_env, payload)
-        counters.last_save_t, counters.saved_once = counters.t_env, True
         log.info("saved checkpoint %s (%s)", folder, reason)
+        return folder
 
     test_summary = {}
-    with _StopRequest() as stop:
+    with _StopRequest(saving=models_dir is not None) as stop:
         while counters.t_env <= settings.t_max:
             with single_threaded():
-                batch, stats = runner.run(test_mode=False)
+                batch, stats = runner.run(test_mode=False, t_env=counters.t_env)
             buffer.insert_episode_batch(batch)
             logger.accumulate(stats.summary(), weight=len(stats.returns))
             logger.accumulate({"epsilon": learner.mac.action_selector.epsilon})
+            counters.t_env += int(stats.lengths.sum())
             if buffer.can_sample(settings.batch_size):
-                train_stats = learner.train(buffer.sample(settings.batch_size), runner.t_env, counters.episode)
+                train_stats = learner.train(buffer.sample(settings.batch_size), counters.t_env, counters.episode)
                 if not math.isfinite(train_stats["loss"]):
-                    message = (f"non-finite loss {train_stats['loss']} at t_env={runner.t_env}: training "
-                               f"stopped; the last good checkpoint is kept")
-                    log.error(message)
-                    raise NonFiniteLossError(message)
+                    raise NonFiniteLossError(
+                        f"non-finite loss {train_stats['loss']} at t_env={counters.t_env}: training stopped; "
+                        "the last good checkpoint is kept")
                 logger.accumulate(train_stats)
-            counters.t_env = runner.t_env
             counters.episode += runner.n_envs
 
+            logged = False
             if (counters.t_env - counters.last_test_t) / settings.test_interval >= 1.0:
-                test_stats = run_tests(settings, parts)
-                test_summary = {"test_" + k: v for k, v in test_stats.summary().items()}
-                for key, value in test_summary.items():
-                    logger.log(key, value, counters.t_env)
+                test_stats = run_tests(settings, parts, counters.t_env)
+                if test_stats is not None:
+                    test_summary = {"test_" + k: v for k, v in test_stats.summary().items()}
+                    for key, value in test_summary.items():
+                        logger.log(key, value, counters.t_env)
+                    logged = True
                 counters.last_test_t = counters.t_env
             if counters.t_env - counters.last_log_t >= settings.log_interval:
                 values = logger.flush(counters.t_env)
                 values.update(test_summary)
                 logger.print_summary(counters.t_env, counters.episode, values)
                 counters.last_log_t = counters.t_env
+                logged = True
+            if logged:
+                logger.persist()  # a kill now loses no logged point
             if bar is not None:
                 bar.update(counters.t_env - bar.n)
                 bar.set_postfix(test_win=f"{logger.latest('test_battle_won_mean'):.2f}", refresh=False)
@@ -305,8 +395,17 @@ def train(settings: RunSettings, logger: RunLogger, models_dir: Optional[Path] =
             ):
                 save("periodic")
             if stop.requested:
-                save("interrupted")
-                raise KeyboardInterrupt
+                folder = save("interrupted") if settings.save_model else None
+                name = signal.Signals(stop.signal).name
+                if folder is None:
+                    message = f"{name}: stopped at t_env={counters.t_env} (save_model=False: nothing saved)"
+                else:
+                    message = (f"{name}: stopped at t_env={counters.t_env}; checkpoint {folder}; resume with: "
+                               f"qmixlab with checkpoint_path={folder.parent}")
+                if bar is not None:
+                    bar.close()
+                parts.env.close()
+                raise RunInterrupted(message, 128 + stop.signal)
     if settings.save_model:
         save("final")
     if bar is not None:

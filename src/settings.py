@@ -5,6 +5,10 @@ The merged configuration (``config/default.yaml`` <- ``config/algs/<alg>.yaml`` 
 ``RunSettings``: an unknown or misspelled key, a wrong type or an unknown choice fails before any
 work, naming the key and suggesting the closest valid one. Code after start-up reads typed
 attributes, never ``getattr(args, "x", default)``.
+
+The dataclasses below own every default; ``config/default.yaml`` spells the same values out with
+comments for users and a test keeps the two equal. This module imports neither torch nor an
+environment backend at import time, so ``qmixlab --help`` and the ablation statistics stay light.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Any, Dict, Literal, Optional, Union
 
 import yaml
 
-from qmixlab.components.masks import MaskOptions
-from qmixlab.learners.q_learner import LearnerOptions
+from qmixlab.components.mask_options import MaskOptions
+from qmixlab.learners.options import LearnerOptions
 
 
 class ConfigError(ValueError):
@@ -43,7 +47,7 @@ class EpsilonSettings:
 
     start: float = 1.0
     finish: float = 0.05
-    anneal_time: int = 50000
+    anneal_time: int = 100000
 
     def __post_init__(self):
         for name in ("start", "finish"):
@@ -81,19 +85,19 @@ class RunSettings:
     env: str = "smacsim"
     seed: int = 0
     device: str = "cpu"
-    torch_threads: int = 0
+    torch_threads: int = 1
     # training loop (PyMARL's semantics and names)
     t_max: int = 2_050_000
     test_interval: int = 10_000
     test_nepisode: int = 32
     log_interval: int = 10_000
     save_model: bool = True
-    save_model_interval: int = 500_000
+    save_model_interval: int = 50_000
     checkpoint_path: str = ""
     load_step: int = 0
     evaluate: bool = False
     batch_size_run: int = 8
-    batch_size: int = 32
+    batch_size: int = 128
     buffer_size: int = 5000
     local_results_path: str = "results"
     use_tensorboard: bool = False
@@ -116,24 +120,52 @@ class RunSettings:
         if self.torch_threads < 0:
             raise ConfigError(f"torch_threads={self.torch_threads!r} must be >= 0 (0: torch's default)")
         if self.test_nepisode < 0:
-            raise ConfigError(f"test_nepisode={self.test_nepisode!r} must be >= 0")
+            raise ConfigError(f"test_nepisode={self.test_nepisode!r} must be >= 0 (0: no test episodes)")
+        if self.load_step < 0:
+            raise ConfigError(f"load_step={self.load_step!r} must be >= 0 (0: the latest checkpoint)")
         if self.buffer_size < self.batch_size:
             raise ConfigError(
                 f"buffer_size={self.buffer_size} is smaller than batch_size={self.batch_size}: "
                 "the learner could never sample"
             )
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not (self.device == "cpu" or self.device == "cuda" or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"device={self.device!r} must be 'cpu', 'cuda' or 'cuda:<index>'")
+        # Cross-field rules, checked here so that nothing is built before they fail.
+        if self.masks.dead_agents == "agent_loss_mask" and self.mixer.name not in (None, "none"):
+            raise ConfigError(
+                f"masks.dead_agents='agent_loss_mask' masks per-agent losses and needs mixer.name=none "
+                f"(independent Q-learning), got mixer.name={self.mixer.name!r}; with a mixer use "
+                "masks.dead_agents=zero_utilities"
+            )
 
-    def learner_options(self) -> LearnerOptions:
-        """The learner's options with this run's mask options (kept as a top-level section so
-        that ablations read ``masks.timeout=terminal``)."""
-        return dataclasses.replace(self.learner, masks=self.masks)
 
-
-# Sections whose keys are validated elsewhere (the environment validates its own arguments) or
-# composed by the wiring (``learner.masks`` is the top-level ``masks`` section).
-_EXCLUDED_KEYS = {LearnerOptions: {"masks"}}
+# PyMARL's and pymarl2's flat keys, answered with their qmixlab names (README's mapping table).
+PYMARL_KEYS: Dict[str, str] = {
+    "lr": "learner.lr",
+    "gamma": "learner.gamma",
+    "double_q": "learner.double_q",
+    "grad_norm_clip": "learner.grad_norm_clip",
+    "optim_alpha": "learner.optim_alpha",
+    "optim_eps": "learner.optim_eps",
+    "optimizer": "learner.optimiser",
+    "optimiser": "learner.optimiser",
+    "td_lambda": "learner.td_lambda",
+    "standardise_rewards": "learner.standardise_rewards",
+    "target_update_interval": "learner.target_update_interval_episodes",
+    "epsilon_start": "epsilon.start",
+    "epsilon_finish": "epsilon.finish",
+    "epsilon_anneal_time": "epsilon.anneal_time",
+    "mixer": "mixer.name",
+    "mixing_embed_dim": "mixer.mixing_embed_dim",
+    "hypernet_layers": "mixer.hypernet_layers",
+    "hypernet_embed": "mixer.hypernet_embed",
+    "rnn_hidden_dim": "agent.hidden_dim",
+    "obs_last_action": "agent.use_last_action",
+    "obs_agent_id": "agent.use_agent_id",
+    "use_cuda": "device",
+    "map_name": "env_args.map_name",
+}
 
 
 # --------------------------------------------------------------------------- validation
@@ -141,8 +173,6 @@ def _all_key_paths(cls, prefix="") -> list:
     paths = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in _EXCLUDED_KEYS.get(cls, ()):
-            continue
         path = prefix + f.name
         paths.append(path)
         if dataclasses.is_dataclass(hints[f.name]):
@@ -150,11 +180,30 @@ def _all_key_paths(cls, prefix="") -> list:
     return paths
 
 
-def _suggest(key: str, path: str, candidates) -> str:
+def _pymarl_hint(key: str, value) -> str:
+    """How qmixlab spells PyMARL's flat ``key=value`` (empty when ``key`` is not one of them)."""
+    if key not in PYMARL_KEYS:
+        return ""
+    new = PYMARL_KEYS[key]
+    if key == "use_cuda":
+        value = "cuda" if value is _NO_VALUE or value else "cpu"
+    if value is _NO_VALUE or isinstance(value, (dict, list)):
+        return f"; did you mean {new!r}? ({key!r} is PyMARL's name)"
+    return f"; did you mean '{new}={value}'? ({key!r} is PyMARL's name)"
+
+
+_NO_VALUE = object()
+
+
+def _suggest(key: str, path: str, candidates, value=_NO_VALUE) -> str:
+    if not path:
+        pymarl = _pymarl_hint(key, value)
+        if pymarl:
+            return pymarl
     close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
     if close:
         return f"; did you mean {(path + close[0])!r}?"
-    # A PyMARL-style flat key that lives in a section here (lr -> learner.lr).
+    # A flat key that lives in a section here (gamma -> learner.gamma).
     elsewhere = [p for p in _all_key_paths(RunSettings) if p.rsplit(".", 1)[-1] == key]
     if elsewhere:
         return f"; did you mean {elsewhere[0]!r}?"
@@ -168,7 +217,8 @@ def _check_value(value, hint, path: str):
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a section (mapping), got {value!r}")
+            hint_text = _pymarl_hint(path, value) if "." not in path else ""  # PyMARL's mixer=vdn
+            raise ConfigError(f"{path} is a section (mapping), got {path}={value!r}{hint_text}")
         return parse_section(hint, value, path + ".")
     if origin is Union:
         options = [o for o in typing.get_args(hint) if o is not type(None)]
@@ -226,10 +276,11 @@ def _check_value(value, hint, path: str):
 def parse_section(cls, values: dict, path: str = ""):
     """Build dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
-    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in _EXCLUDED_KEYS.get(cls, ())]
-    for key in values:
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key, value in values.items():
         if key not in allowed:
-            raise ConfigError(f"unknown config key {(path + str(key))!r}{_suggest(str(key), path, allowed)}")
+            raise ConfigError(
+                f"unknown config key {(path + str(key))!r}{_suggest(str(key), path, allowed, value)}")
     kwargs = {key: _check_value(value, hints[key], path + key) for key, value in values.items()}
     try:
         return cls(**kwargs)
@@ -243,8 +294,69 @@ def parse_section(cls, values: dict, path: str = ""):
 
 
 def validate_config(config: dict) -> RunSettings:
-    """The one validation of a merged run configuration (sacred's ``seed`` included)."""
-    return parse_section(RunSettings, dict(config))
+    """The one validation of a merged run configuration (sacred's ``seed`` included): the schema,
+    the cross-field rules, the environment's own arguments and the device."""
+    settings = parse_section(RunSettings, dict(config))
+    _check_env_args(settings.env, settings.env_args)
+    _check_device(settings.device)
+    return settings
+
+
+def validate_run(alg: str, env: str, overrides: Optional[dict] = None) -> RunSettings:
+    """Compose ``alg`` and ``env`` and apply ``overrides`` (dotted keys as after ``with`` on the
+    command line, e.g. ``{"env_args.map_name": "3m"}``) exactly as a run would; validate."""
+    config = compose_config(alg, env)
+    config.setdefault("seed", 0)
+    for dotted, value in (overrides or {}).items():
+        config = deep_merge(config, nest_dotted({dotted: value}))
+    return validate_config(config)
+
+
+def nest_dotted(updates: dict) -> dict:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    nested: dict = {}
+    for dotted, value in updates.items():
+        keys = str(dotted).split(".")
+        node = nested
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return nested
+
+
+def flatten_dotted(config: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (empty sections kept as ``{}``)."""
+    flat: dict = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_env_args(env: str, env_args: dict) -> None:
+    from qmixlab.envs.registry import check_env_args  # light: inspects signatures only
+
+    try:
+        check_env_args(env, env_args)
+    except (ValueError, TypeError, ImportError, AttributeError) as error:
+        raise ConfigError(str(error)) from error
+
+
+def _check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device!r} but this torch build ({torch.__version__}) sees no CUDA device: "
+            "run with device=cpu, or install a CUDA build of torch"
+        )
+    index = int(device[5:]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
 
 
 # --------------------------------------------------------------------------- YAML files
@@ -289,4 +401,16 @@ def compose_config(alg: str, env: str) -> dict:
     if ":" not in env:  # "package.module:ClassName" is a user environment with no YAML of its own
         config = deep_merge(config, load_yaml("envs", env))
     config["alg"], config["env"] = alg, env
+    # Every argument the environment accepts appears in the config (so that sacred accepts
+    # ``env_args.<name>=...`` on the command line and print_config shows them); YAML values win.
+    config["env_args"] = deep_merge(_env_arg_defaults(env), config.get("env_args") or {})
     return config
+
+
+def _env_arg_defaults(env: str) -> dict:
+    from qmixlab.envs.registry import env_arg_defaults
+
+    try:
+        return env_arg_defaults(env)
+    except (ValueError, TypeError, ImportError, AttributeError) as error:
+        raise ConfigError(f"env={env!r}: {error}") from error

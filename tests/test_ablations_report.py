@@ -378,3 +378,26 @@ def test_a_single_map_sweep_reports_one_interval_for_its_all_maps_and_per_map_ta
         assert analysis.aggregate[v].point == pytest.approx(hand_iqm([hand_final(v, "3m", s) for s in SEEDS]))
     assert analysis.aggregate_poi["timeout_as_terminal"] == analysis.per_map_poi["3m"]["timeout_as_terminal"]
     assert "standard" not in analysis.aggregate_poi
+
+
+def test_report_on_a_folder_of_sweeps_writes_one_report_per_sweep(tmp_path, capsys):
+    """As `qmixlab report results/ablations/masks-smacsim` (a folder holding several sweep folders)."""
+    for name, level in (("3m", 0.8), ("2s3z", 0.4)):
+        spec = sweep.parse_sweep({"name": f"masks-{name}", "variants": ["standard", "filled_only"], "maps": [name],
+                                  "seeds": [0, 1]}, validate=False)
+        sweep.write_sweep_file(spec, tmp_path / name)
+        for run in sweep.expand(spec, tmp_path / name):
+            write_run(run.run_dir, [0.0, level, level, level])
+    (tmp_path / "README.md").write_text("kept by hand\n")
+    (tmp_path / "notes").mkdir()  # a folder without sweep.yaml is not a sweep
+    assert cli.main(["report", str(tmp_path), "--reps", "50"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"2s3z: wrote {tmp_path / '2s3z' / 'report.md'}", f"3m: wrote {tmp_path / '3m' / 'report.md'}",
+                   f"2 sweep reports written under {tmp_path}"]
+    for name in ("3m", "2s3z"):
+        text = (tmp_path / name / "report.md").read_text()
+        assert f"# Ablation report: masks-{name}" in text and "4 expected; 4 finished" in text
+    assert not (tmp_path / "report.md").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["report", str(tmp_path), "--out", str(tmp_path / "r.md")])
+    assert exit_info.value.code == 2 and "holds 2 sweeps (2s3z, 3m); --out names one report file" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -391,3 +392,224 @@ def test_dry_run_commands_paste_into_a_shell_unchanged():
 
     tokens = ["plain", "alg='qmix'", "quote='it\\'s \"x\"'", "dollar='$HOME'", "spaces='a b'", "bang='!'"]
     assert shlex.split(" ".join(cli._shell_word(t) for t in tokens)) == tokens
+
+
+# --------------------------------------------------------------------------- sweep files with mistakes
+def ablate_fails(capsys, *argv):
+    """Run `qmixlab ablate ...` expecting exit code 2; returns stderr (checked to be free of tracebacks)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ablate", *map(str, argv)])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, out + err
+    assert "Traceback" not in out + err
+    return err
+
+
+@pytest.mark.parametrize("text, where, message", [
+    ("name: s\nvariants: [standard\nmaps: [3m]\nseeds: [0]\n", ":3:5: YAML syntax error:",
+     "expected ',' or ']', but got ':' (while parsing a flow sequence that starts on line 2)"),
+    ("name: s\n\tvariants: [standard]\n", ":2:1: YAML syntax error:", "found character '\\t' that cannot start any token"),
+    ("name: s\nvariants: [standard]\nmaps: [3m]\nseed: [0]\n", ":4: unknown sweep key(s) ['seed']; did you mean 'seeds'?", "expected keys"),
+    ("name: s\nvariants: [standard]\nmaps: [3m]\n", ": missing sweep key(s) ['seeds']", "every sweep file needs"),
+    ("name: s\nvariants: [standard]\nmaps: [3m]\nseeds: [0]\nmaps: [8m]\n", ":5: sweep key 'maps' is given twice (first on line 3)", ""),
+    ("- standard\n- filled_only\n", ":1: a sweep file holds a mapping of sweep keys", "not a list"),
+])
+def test_a_mistyped_sweep_file_is_one_line_with_file_and_line(tmp_path, capsys, text, where, message):
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(text)
+    err = ablate_fails(capsys, sweep_file, "--dry-run")
+    assert err.startswith(f"qmixlab ablate: {sweep_file}{where}") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_validates_every_runs_full_config_and_lists_each_failing_run(tmp_path, capsys):
+    sweep_file = write_sweep_file(tmp_path / "s.yaml", maps=["3m", "3mm"],
+                                  variants=["standard", {"never": {"masks": {"timeout": "never"}}}])
+    err = ablate_fails(capsys, sweep_file, "--out", tmp_path / "out", "--dry-run")
+    lines = err.strip().splitlines()
+    for seed in (0, 1):
+        assert f"qmixlab ablate: run standard__3mm__seed{seed}: unknown map '3mm' for smacsim; did you mean '3m'?" in err
+        assert f"qmixlab ablate: run never__3m__seed{seed}: masks.timeout='never' is not one of" in err
+        assert f"run never__3mm__seed{seed}:" in err
+    assert not any(f"standard__3m__seed{seed}" in err for seed in (0, 1))  # the valid runs are not listed as failing
+    assert len(lines) == 6 + 1 and lines[-1] == f"qmixlab ablate: {sweep_file}: 6 of 8 runs have an invalid configuration (listed above); nothing was started"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_key_or_value_in_the_base_fails_every_run_before_any_starts(tmp_path, capsys, monkeypatch):
+    sweep_file = write_sweep_file(tmp_path / "s.yaml", base={"t_max": 1000, "learner": {"gamma": 1.5}})
+    monkeypatch.setattr(execution, "execute_cli_run", fake_executor)
+    err = ablate_fails(capsys, sweep_file, "--out", tmp_path / "out", "--workers", "1", "--no-progress")
+    assert err.count("learner.gamma=1.5") == 4 and "4 of 4 runs have an invalid configuration" in err
+    assert not (tmp_path / "out").exists() and calls(tmp_path / "out") == []
+
+
+def test_the_valid_dry_run_says_every_configuration_was_checked(tmp_path, capsys):
+    sweep_file = write_sweep_file(tmp_path / "s.yaml")
+    assert cli.main(["ablate", str(sweep_file), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs in" in out and "every configuration valid (dry run: nothing started)" in out
+
+
+# --------------------------------------------------------------------------- kept results
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "results" / "ablations" / "masks-smacsim"
+
+
+def test_examples_default_to_fresh_folders_and_the_committed_reproduction_is_kept():
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        spec = sweep.load_sweep(example, validate=False)
+        default = ROOT / sweep.default_sweep_dir(spec)
+        assert COMMITTED != default and COMMITTED not in default.parents, example
+        assert sweep.kept_results_reason(default) is None, example  # the README's commands work as typed
+    assert [p.name for p in sweep.sweep_folders(COMMITTED)] == ["2s3z", "3m", "3m-1m"]
+    assert "README.md" in sweep.kept_results_reason(COMMITTED)
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        for folder in sweep.sweep_folders(COMMITTED):
+            assert "tracked by git" in sweep.kept_results_reason(folder), folder
+
+
+def test_ablate_into_the_committed_reproduction_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(execution, "execute_cli_run", lambda run: pytest.fail(f"started {run.run_id}"))
+    monkeypatch.setattr(sweep, "write_sweep_file", lambda *a: pytest.fail("wrote into the committed folder"))
+    err = ablate_fails(capsys, "examples/ablations_smacsim.yaml", "--out", "results/ablations/masks-smacsim", "--dry-run")
+    assert "results/ablations/masks-smacsim is a folder of sweeps (2s3z, 3m, 3m-1m)" in err and "--out DIR" in err
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        err = ablate_fails(capsys, "examples/masks_smacsim_3m.yaml", "--out", "results/ablations/masks-smacsim/3m")
+        assert "results/ablations/masks-smacsim/3m holds kept results" in err and "tracked by git" in err
+        assert "--out DIR" in err and "--append" in err
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="needs the git command")
+def test_a_folder_tracked_by_git_gains_runs_only_with_append(tmp_path, capsys, monkeypatch):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(execution, "execute_cli_run", fake_executor)
+    sweep_file = write_sweep_file(tmp_path / "s.yaml", seeds=[0])
+    out = tmp_path / "results" / "ablations" / "cli"  # the default folder of sweep "cli"
+    assert cli.main(["ablate", str(sweep_file), "--workers", "1", "--no-progress"]) == 0  # nothing kept yet
+    assert calls(out) == ["standard__3m__seed0", "inf_fill_value__3m__seed0"]
+    subprocess.run(["git", "add", "results"], check=True)  # kept: committed (staged is enough for git ls-files)
+    capsys.readouterr()
+    before = (out / "sweep.yaml").read_text()
+    write_sweep_file(sweep_file, seeds=[0, 1])
+    err = ablate_fails(capsys, sweep_file, "--workers", "1", "--no-progress")
+    assert f"{Path('results/ablations/cli')} holds kept results (" in err and "tracked by git" in err
+    assert "Pass --out DIR to run it in another folder, or --append to add its runs to this one on purpose" in err
+    assert (out / "sweep.yaml").read_text() == before and len(calls(out)) == 2
+    assert cli.main(["ablate", str(sweep_file), "--append", "--workers", "1", "--no-progress"]) == 0
+    assert calls(out)[2:] == ["standard__3m__seed1", "inf_fill_value__3m__seed1"]
+
+
+def test_a_folder_with_a_readme_is_kept(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(execution, "execute_cli_run", fake_executor)
+    out = tmp_path / "curated"
+    out.mkdir()
+    (out / "README.md").write_text("Our reproduction, described by hand.\n")
+    sweep_file = write_sweep_file(tmp_path / "s.yaml")
+    err = ablate_fails(capsys, sweep_file, "--out", out)
+    assert "holds kept results (it holds a README.md)" in err and calls(out) == []
+    assert cli.main(["ablate", str(sweep_file), "--out", str(out), "--dry-run"]) == 0
+    assert "without --dry-run this sweep is refused there unless you pass --out DIR or --append" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- Ctrl-C and SIGTERM
+def stops_on_second_run(signum):
+    def executor(run):
+        sweep_dir = Path(run.run_dir).parents[1]
+        done = calls(sweep_dir)
+        with open(sweep_dir / "calls.log", "a") as log:
+            log.write(run.run_id + "\n")
+        if len(done) == 1:
+            os.kill(os.getpid(), signum)  # as the terminal's Ctrl-C or a `kill` would
+            time.sleep(30)
+            pytest.fail("the signal did not stop the run")
+        write_completed_sacred_run(run.run_dir, [0.5, 0.5, 0.5])
+    return executor
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_sweep_marks_the_run_interrupted_and_the_same_command_resumes(tmp_path, capsys, monkeypatch, signum, code):
+    sweep_file = write_sweep_file(tmp_path / "s.yaml")
+    out = tmp_path / "out"
+    argv = ["ablate", str(sweep_file), "--out", str(out), "--workers", "1", "--no-progress"]
+    monkeypatch.setattr(execution, "execute_cli_run", stops_on_second_run(signum))
+    started = time.time()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert time.time() - started < 20
+    stdout, err = capsys.readouterr()
+    assert exit_info.value.code == code and "Traceback" not in stdout + err
+    name = signal.Signals(signum).name
+    assert err.strip() == (f"qmixlab ablate: stopped by {name}: 1 running run(s) marked interrupted, 2 not started, "
+                           f"1/4 finished; to resume, run the same command again: qmixlab ablate {' '.join(argv[1:])}")
+    runs = sweep.expand(sweep.load_sweep(sweep_file), out)
+    assert calls(out) == [runs[0].run_id, runs[1].run_id]  # nothing launched after the signal
+    status = json.loads((Path(runs[1].run_dir) / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["interrupted_by"] == name and status["ended"]
+    assert run_state(runs[1].run_dir).state == "interrupted" and not (Path(runs[1].run_dir) / "claim.json").exists()
+    assert not (Path(runs[2].run_dir) / "status.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the sweep's handlers are gone
+
+    monkeypatch.setattr(execution, "execute_cli_run", fake_executor)
+    assert cli.main(argv) == 0
+    assert calls(out)[2:] == [r.run_id for r in runs[1:]]
+    assert json.loads((Path(runs[1].run_dir) / "status.json").read_text())["attempt"] == 2
+
+
+def test_a_keyboard_interrupt_raised_by_a_run_stops_the_sweep(tmp_path, capsys):
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    runs = sweep.expand(small_spec(), tmp_path)
+    result = run_sweep(runs, tmp_path, executor=interrupted, workers=1, progress=False, log=quiet)
+    assert result.stopped_by == "SIGINT"
+    assert [o["result"] for o in result.outcomes] == ["interrupted", "not_started", "not_started", "not_started"]
+    assert run_state(runs[0].run_dir).state == "interrupted"
+
+
+POOL_SWEEP = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from qmixlab.ablations import cli, execution
+
+    def slow(run):
+        Path(run.run_dir, "started").touch()
+        time.sleep(600)
+
+    if __name__ == "__main__":
+        execution.execute_cli_run = slow
+        cli.main(["ablate", *sys.argv[1:]])
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, code", [("sigterm_to_the_sweep", 143), ("ctrl_c_to_the_process_group", 130)])
+def test_a_stopped_pool_stops_its_running_runs_and_starts_no_queued_one(tmp_path, how, code):
+    script = tmp_path / "pool_sweep.py"
+    script.write_text(POOL_SWEEP)
+    sweep_file = write_sweep_file(tmp_path / "s.yaml", seeds=[0, 1])
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(script), str(sweep_file), "--out", str(out), "--workers", "2",
+                                "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len(list(out.glob("runs/*/started"))) < 2:
+            assert time.time() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.1)
+        if how == "sigterm_to_the_sweep":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == code and "Traceback" not in stdout + stderr, stdout + stderr
+    assert "2 running run(s) marked interrupted, 2 not started" in stderr
+    states = {p.name: run_state(p).state for p in sorted(out.glob("runs/*"))}
+    started = {p.parent.name for p in out.glob("runs/*/started")}
+    assert len(started) == 2 and all(states[rid] == "interrupted" for rid in started)
+    assert not any((out / "runs" / rid / "status.json").exists() for rid in set(states) - started)

@@ -10,7 +10,9 @@ from torch import nn
 from torch.func import functional_call
 
 import qmixlab.modules.agents as agents_module
-from qmixlab.modules.agents import RNNAgent, gru_sequence
+import qmixlab.modules.gru as gru_module
+from qmixlab.modules.agents import RNNAgent
+from qmixlab.modules.gru import gru_sequence
 
 B, T, N, D, A, H = 4, 11, 3, 7, 5, 16
 FLAGS = list(itertools.product([True, False], repeat=2))  # (use_last_action, use_agent_id)
@@ -152,7 +154,7 @@ def test_no_previous_action_has_no_effect_and_no_parameters():
 @pytest.mark.parametrize("chunk", [1, 3, 8])
 @pytest.mark.parametrize("steps", [1, 7, 17])
 def test_gru_sequence_equals_nn_gru_values_and_gradients(monkeypatch, chunk, steps):
-    monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", chunk)
+    monkeypatch.setattr(gru_module, "GRU_CHUNK_STEPS", chunk)
     torch.manual_seed(steps)
     gru = nn.GRU(5, 6).double()
     x = torch.randn(steps, 4, 5, dtype=torch.double, requires_grad=True)
@@ -177,10 +179,10 @@ def test_gru_sequence_passes_gradcheck():
     x = torch.randn(10, 2, 3, dtype=torch.double, requires_grad=True)
     h0 = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
 
-    chunks = agents_module._packed_chunks(10, [2, 2])  # the dense layout: every row in each chunk
+    chunks = gru_module._packed_chunks(10, [2, 2])  # the dense layout: every row in each chunk
 
     def fn(x, h0, w_ih, b_ih, w_hh, b_hh):
-        return agents_module._GRUSequence.apply(x.reshape(20, 3), w_ih, b_ih, h0, w_hh, b_hh, chunks)
+        return gru_module._GRUSequence.apply(x.reshape(20, 3), w_ih, b_ih, h0, w_hh, b_hh, chunks)
 
     assert torch.autograd.gradcheck(fn, (x, h0, w_ih, b_ih, w_hh, b_hh))
 
@@ -227,8 +229,7 @@ def test_bad_arguments_raise_with_the_value():
 
 
 def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients(monkeypatch):
-    from qmixlab.modules import agents as agents_module
-    from qmixlab.modules.agents import GRU_CHUNK_STEPS as RAGGED_CHUNK_STEPS
+    from qmixlab.modules.gru import GRU_CHUNK_STEPS as RAGGED_CHUNK_STEPS
 
     monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_FRACTION", 0.0)  # always skip here
     torch.manual_seed(7)
@@ -262,7 +263,7 @@ def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients(mon
 def test_gru_packed_equals_each_sequence_alone(monkeypatch, chunk):
     """Sequences sorted by length, each chunk computing only those still running at its start:
     every computed row, and every gradient, equals nn.GRU run on that sequence alone."""
-    monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", chunk)
+    monkeypatch.setattr(gru_module, "GRU_CHUNK_STEPS", chunk)
     torch.manual_seed(chunk)
     T, I, Hd = 11, 5, 6
     lengths = [11, 9, 6, 6, 2, 0]  # sorted, longest first
@@ -273,8 +274,8 @@ def test_gru_packed_equals_each_sequence_alone(monkeypatch, chunk):
     chunk_rows = [sum(1 for n in lengths if n > t0) for t0 in range(0, T, chunk)]
     rows_at = [chunk_rows[t // chunk] for t in range(T)]  # rows computed at step t
     x = torch.cat([dense[t, : rows_at[t]] for t in range(T)]).requires_grad_()
-    assert x.shape[0] == agents_module.packed_size(T, chunk_rows)
-    got = agents_module.gru_packed(gru, x, h0, T, chunk_rows)
+    assert x.shape[0] == gru_module.packed_size(T, chunk_rows)
+    got = gru_module.gru_packed(gru, x, h0, T, chunk_rows)
     weights = torch.randn_like(got)
     inputs = [x, h0] + list(gru.parameters())
     ours = torch.autograd.grad((got * weights).sum(), inputs)
@@ -295,33 +296,33 @@ def test_gru_packed_equals_each_sequence_alone(monkeypatch, chunk):
         torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-11)
     assert not ours[1][lengths.index(0)].any()  # a sequence never computed gets no gradient
     with torch.no_grad():
-        torch.testing.assert_close(agents_module.gru_packed(gru, x, h0, T, chunk_rows), got.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(gru_module.gru_packed(gru, x, h0, T, chunk_rows), got.detach(), rtol=0, atol=0)
 
 
 def test_gru_packed_passes_gradcheck(monkeypatch):
-    monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", 2)
+    monkeypatch.setattr(gru_module, "GRU_CHUNK_STEPS", 2)
     torch.manual_seed(1)
     gru = nn.GRU(3, 4).double()
     w_ih, w_hh, b_ih, b_hh = [p.detach().clone().requires_grad_() for p in gru.parameters()]
     T, chunk_rows = 7, [3, 3, 2, 1]
-    chunks = agents_module._packed_chunks(T, chunk_rows)
-    x = torch.randn(agents_module.packed_size(T, chunk_rows), 3, dtype=torch.double, requires_grad=True)
+    chunks = gru_module._packed_chunks(T, chunk_rows)
+    x = torch.randn(gru_module.packed_size(T, chunk_rows), 3, dtype=torch.double, requires_grad=True)
     h0 = torch.randn(3, 4, dtype=torch.double, requires_grad=True)
 
     def fn(x, h0, w_ih, b_ih, w_hh, b_hh):
-        return agents_module._GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, chunks)
+        return gru_module._GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, chunks)
 
     assert torch.autograd.gradcheck(fn, (x, h0, w_ih, b_ih, w_hh, b_hh))
 
 
 def test_gru_packed_rejects_bad_arguments(monkeypatch):
-    monkeypatch.setattr(agents_module, "GRU_CHUNK_STEPS", 4)
+    monkeypatch.setattr(gru_module, "GRU_CHUNK_STEPS", 4)
     gru = nn.GRU(2, 3)
     h0 = torch.zeros(4, 3)
     for bad in ([4, 4], [4, 5, 1], [2, 3, 1], [4, 2, -1]):
         with pytest.raises(ValueError, match=r"chunk_rows must give, for each of the 3 chunks of 4 steps"):
-            agents_module.gru_packed(gru, torch.randn(9, 2), h0, 9, bad)
+            gru_module.gru_packed(gru, torch.randn(9, 2), h0, 9, bad)
     with pytest.raises(ValueError, match=r"x \[29, 2\] for T=9 and chunk_rows=\[4, 3, 1\], got \(30, 2\)"):
-        agents_module.gru_packed(gru, torch.randn(30, 2), h0, 9, [4, 3, 1])
+        gru_module.gru_packed(gru, torch.randn(30, 2), h0, 9, [4, 3, 1])
     with pytest.raises(ValueError, match="T >= 1"):
-        agents_module.gru_packed(gru, torch.randn(0, 2), h0, 0, [])
+        gru_module.gru_packed(gru, torch.randn(0, 2), h0, 0, [])

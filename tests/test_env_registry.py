@@ -341,11 +341,12 @@ def test_batched_shapes_dtypes_and_values():
     np.testing.assert_array_equal(env.get_obs()[1], [[3, 1, 0], [3, 1, 1]])
 
 
-def test_returned_arrays_are_copies():
+def test_returned_arrays_are_borrowed_read_only_views_the_caller_cannot_corrupt():
     env = make_batched_env(TINY, n_envs=2)
     env.reset()
-    env.get_avail_actions()[:] = False
-    env.get_obs()[:] = 99
+    for array in (env.get_obs(), env.get_state(), env.get_avail_actions()):
+        with pytest.raises(ValueError, match="read-only"):
+            array[...] = 99
     assert env.get_avail_actions()[0, 0].all() and env.get_obs().max() < 99
 
 
@@ -409,7 +410,8 @@ def test_counter_rule_is_exact_where_fallback_is_not():
 
 def test_wrapper_cuts_runaway_episode_at_limit():
     env = make_batched_env(f"{__name__}:RunawayEnv", n_envs=1, episode_limit=3)
-    out = _run_to_end(env, [ADD1, ADD1])
+    with pytest.warns(UserWarning, match=r"environment 0 \(RunawayEnv\) did not end its episode within episode_limit=3"):
+        out = _run_to_end(env, [ADD1, ADD1])
     assert env.episode_steps[0] == 3
     assert (out.timeout[0], out.terminated[0]) == (True, False)
     with pytest.raises(ValueError, match="ended its episode at step 3"):
@@ -647,3 +649,19 @@ def test_vectorised_smacsim_matches_native_batched(continuing_episode):
     assert {"timeout", "terminated"} <= set(ends), f"both kinds of end should occur, got {ends}"
     native.close()
     wrapped.close()
+
+
+def test_registered_backend_declares_its_env_args(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_env("tiny_kwargs", tiny_factory)  # **kwargs only: anything goes, nothing listed
+    assert registry.env_arg_defaults("tiny_kwargs") == {}
+    registry.check_env_args("tiny_kwargs", {"whatever": 1})
+    register_env("tiny_declared", tiny_factory, arg_defaults=lambda: {"episode_limit": 4, "target": 6})
+    assert registry.env_arg_defaults("tiny_declared") == {"episode_limit": 4, "target": 6}
+    with pytest.raises(ValueError, match=r"unknown env_args key 'targt' for environment 'tiny_declared'; "
+                                         r"did you mean 'target'\?"):
+        registry.check_env_args("tiny_declared", {"targt": 3})
+    with pytest.raises(TypeError, match="arg_defaults for environment 'x' must be callable"):
+        register_env("x", tiny_factory, arg_defaults={"a": 1})
+    assert registry.env_arg_defaults(TINY) == {"episode_limit": 4, "target": 6, "continuing_episode": False,
+                                               "stats_counters": False}

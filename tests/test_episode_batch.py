@@ -296,3 +296,21 @@ def test_from_tensors_validates():
     transition["obs"] = transition["obs"].double()
     with pytest.raises(ValueError, match="'obs'"):
         EpisodeBatch.from_tensors(make_scheme(), batch.groups, transition, episode, prep)
+
+
+def test_from_fields_wraps_without_copy_or_checks(monkeypatch):
+    batch = make_batch(2, 4)
+    fill_random(batch, [3, 4])
+    transition, episode = dict(batch.transition_data), dict(batch.episode_data)
+    from qmixlab.components import episode_batch as module
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("from_fields validated the scheme")
+
+    monkeypatch.setattr(module, "build_fields", forbidden)
+    wrapped = EpisodeBatch.from_fields(batch.fields, batch.groups, transition, episode, batch.preprocess)
+    assert wrapped.batch_size == 2 and wrapped.max_seq_length == 4 and wrapped.device == batch.device
+    assert wrapped.scheme == batch.scheme and wrapped.preprocess == batch.preprocess
+    for name in batch.scheme:
+        assert wrapped[name].data_ptr() == batch[name].data_ptr(), name
+    assert EpisodeBatch.from_fields(batch.fields, batch.groups, transition, episode).preprocess == {}

@@ -67,11 +67,53 @@ def test_invalid_steps_are_masked_or_ignored():
         assert mask.view(-1).int().tolist() == expected
 
 
-def test_dead_agent_detection_uses_noop_only():
+def test_dead_agent_fallback_uses_noop_only():
     avail = torch.tensor(
         [[1, 0, 0], [1, 1, 0], [0, 1, 1], [0, 0, 0]], dtype=torch.bool
     )  # dead, alive (noop + stop is never SMAC, still "not noop only"), alive, nothing available
-    assert masks.dead_agents(avail).tolist() == [True, False, False, False]
+    assert masks.alive_from_noop_rule(avail).tolist() == [False, True, True, True]
+
+
+def episode_batch(avail, alive=None):
+    """Two filled rows of one episode with 2 agents and 3 actions; ``alive`` [T, 2] or None."""
+    from qmixlab.components.episode_batch import EpisodeBatch
+
+    scheme = {"avail_actions": {"vshape": (3,), "group": "agents", "dtype": torch.bool},
+              "terminated": {"vshape": (1,), "dtype": torch.bool}}
+    if alive is not None:
+        scheme["alive"] = {"vshape": (1,), "group": "agents", "dtype": torch.bool}
+    batch = EpisodeBatch(scheme, {"agents": 2}, 1, avail.shape[0])
+    data = {"avail_actions": avail, "terminated": torch.zeros(avail.shape[0], 1, dtype=torch.bool)}
+    if alive is not None:
+        data["alive"] = alive.unsqueeze(-1)
+    batch.update(data, bs=0)
+    return batch
+
+
+def test_alive_field_wins_over_the_noop_rule():
+    noop_only, free = [True, False, False], [False, True, True]
+    avail = torch.tensor([[noop_only, free], [free, noop_only]])  # rule: agent 0 dead, then agent 1
+    rule = masks.build_transition_masks(episode_batch(avail), MaskOptions()).alive
+    assert rule.tolist() == [[[False, True], [True, False]]]
+    declared = torch.tensor([[True, True], [False, True]])  # the environment says otherwise
+    field = masks.build_transition_masks(episode_batch(avail, declared), MaskOptions()).alive
+    assert field.tolist() == [declared.tolist()]
+    step = torch.ones(1, 1, 1, dtype=torch.bool)
+    agent_mask = masks.build_agent_mask(step, field[:, :-1], MaskOptions(dead_agents="agent_loss_mask"))
+    assert agent_mask.tolist() == [[[True, True]]]
+    assert masks.build_agent_mask(step, rule[:, :-1], MaskOptions(dead_agents="agent_loss_mask")).tolist() == [
+        [[False, True]]]
+    assert masks.build_agent_mask(step, rule[:, :-1], MaskOptions()).tolist() == [[[True, True]]]
+
+
+def test_option_modules_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, qmixlab.components.mask_options, qmixlab.learners.options; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_rows_needed_excludes_post_terminal_but_keeps_timeout_bootstrap_row():
@@ -82,7 +124,7 @@ def test_rows_needed_excludes_post_terminal_but_keeps_timeout_bootstrap_row():
     cuts, ends = masks.episode_end_flags(terminated, timeout, options)
     mask = masks.build_step_mask(filled, ends, None, options)
     read = masks.transitions_read_by_targets(mask, cuts[:, :-1], ends[:, :-1], 0.0)
-    needed = masks.rows_needed_by_networks(mask, read, cuts, 6).squeeze(-1).int().tolist()
+    needed = masks.rows_needed_by_networks(mask, read, cuts[:, :-1], 6).squeeze(-1).int().tolist()
     assert needed[0] == [1, 1, 1, 0, 0, 0]  # terminal: the final-state row is never read
     assert needed[1] == [1, 1, 1, 1, 0, 0]  # time-out bootstraps from the final-state row
 

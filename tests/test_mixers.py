@@ -153,3 +153,17 @@ def test_pymarl_layout_of_the_first_layer_weights():
     with torch.no_grad():
         zero = mixer(torch.zeros(N, dtype=torch.float64), torch.zeros(S, dtype=torch.float64))
     assert math.isclose(float(zero), 0.0)
+
+
+def test_build_mixer_defaults_are_the_default_config():
+    import inspect
+
+    from qmixlab.settings import load_yaml
+
+    section = load_yaml(None, "default")["mixer"]
+    defaults = {name: p.default for name, p in inspect.signature(build_mixer).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {key: value for key, value in section.items() if key != "name"}
+    qmix_defaults = {name: p.default for name, p in inspect.signature(QMixer).parameters.items()
+                     if p.default is not inspect.Parameter.empty}
+    assert qmix_defaults == defaults

@@ -47,12 +47,13 @@ def replay_reference(map_name, seed, n_envs, runner_batch, **env_args):
 def test_runner_writes_what_the_environment_played(continuing_episode):
     n_envs, seed = 3, 11
     env = make_batched_env("smacsim", n_envs, seed=seed, map_name="3m", continuing_episode=continuing_episode)
-    runner = BatchRunner(env, RandomController(seed))
-    batch, stats = runner.run(test_mode=False)
+    controller = RandomController(seed)
+    runner = BatchRunner(env, controller)
+    batch, stats = runner.run(test_mode=False, t_env=1234)
     filled = batch["filled"][..., 0]
     lengths = filled.sum(1) - 1  # actions per episode; one extra filled row holds the final state
-    assert runner.t_env == int(lengths.sum())
     assert np.array_equal(stats.lengths, lengths.numpy())
+    assert all(call[3] == 1234 for call in controller.calls), "the caller's t_env reaches the controller"
     for b in range(n_envs):
         length = int(lengths[b])
         assert filled[b, : length + 1].all() and not filled[b, length + 1:].any()
@@ -77,13 +78,13 @@ def test_runner_writes_what_the_environment_played(continuing_episode):
             np.testing.assert_array_equal(batch["timeout"][:, t, 0].numpy()[acted], step.timeout[acted])
 
 
-def test_test_mode_does_not_count_environment_steps_and_passes_flag():
+def test_runner_owns_no_step_counter_and_passes_test_mode():
     env = make_batched_env("smacsim", 2, seed=0, map_name="3m")
     controller = RandomController()
     runner = BatchRunner(env, controller)
-    runner.run(test_mode=True)
-    assert runner.t_env == 0
-    assert all(call[4] for call in controller.calls)
+    runner.run(test_mode=True, t_env=77)
+    assert not hasattr(runner, "t_env")
+    assert all(call[4] and call[3] == 77 for call in controller.calls)
 
 
 def test_one_network_call_per_step_for_all_environments():

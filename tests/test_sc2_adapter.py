@@ -19,7 +19,7 @@ import pytest
 from qmixlab.envs import VectorisedEnvs, derive_env_seeds, make_batched_env, make_env
 from qmixlab.envs.sc2 import SMAC_INSTALL, SC2Env, SC2SetupError
 
-# Map facts from the SMAC map table (spec §7), enough for the stand-in.
+# Map facts from the SMAC map table (docs/smac.md section 7), enough for the stand-in.
 FAKE_MAP_PARAMS = {
     "3m": {"n_agents": 3, "n_enemies": 3, "limit": 60, "obs": 30, "state": 48},
     "8m": {"n_agents": 8, "n_enemies": 8, "limit": 120, "obs": 80, "state": 168},
@@ -434,3 +434,70 @@ def test_raw_starcraft2env_by_path_before_its_first_battle(fake_smac):
     np.testing.assert_array_equal(out.timeout, [True, False])
     np.testing.assert_array_equal(out.terminated, [False, True])
     assert env.get_stats()["battles_game"] == 2
+
+
+# ------------------------------------------------------------------- contract v2: the spec
+
+
+def test_sc2_spec_declares_invalid_noop_and_the_last_action_block(fake_smac, sc2_install):
+    env = make_batched_env("sc2", n_envs=2, map_name="3m")
+    spec = env.get_spec()
+    assert spec.step_flags == ("invalid",) and spec.noop_action == 0 and not spec.auto_reset
+    # SMAC's state: allies, enemies, then n_agents * n_actions last actions (3 * 9 = 27 of 48).
+    assert spec.state_last_action == (21, 48)
+    assert spec.obs_layout is None  # the stand-in has no feature-size methods
+    adapter = env.envs[0]
+    assert adapter.get_spec() == spec
+    no_block = make_env("sc2", map_name="3m", state_last_action=False).get_spec()
+    assert no_block.state_last_action is None
+    timestep = make_env("sc2", map_name="3m", state_timestep_number=True).get_spec()
+    assert timestep.state_last_action == (20, 47)
+
+
+def test_sc2_spec_reads_smac_feature_sizes_when_present(fake_smac, sc2_install, monkeypatch):
+    # SMAC's 3m: move 4, enemies 3 x 5, allies 2 x 5, own 1 (= 30); state 3 x 4 + 3 x 3 + 27.
+    sizes = dict(get_obs_move_feats_size=lambda self: 4, get_obs_enemy_feats_size=lambda self: (3, 5),
+                 get_obs_ally_feats_size=lambda self: (2, 5), get_obs_own_feats_size=lambda self: 1,
+                 get_ally_num_attributes=lambda self: 4, get_enemy_num_attributes=lambda self: 3)
+    for name, method in sizes.items():
+        monkeypatch.setattr(FakeStarCraft2Env, name, method, raising=False)
+    spec = make_env("sc2", map_name="3m").get_spec()
+    assert spec.obs_layout.slices()["allies"] == slice(19, 29)
+    assert spec.state_layout.slices()["last_action"] == slice(21, 48) and spec.state_last_action == (21, 48)
+
+
+def test_sc2_step_after_the_end_raises(fake_smac, sc2_install):
+    env = make_env("sc2", map_name="3m")
+    env.reset()
+    assert env.step([6, 7, 8])[1] is True
+    with pytest.raises(ValueError, match="the episode has ended; call reset"):
+        env.step([STOP] * 3)
+    env.reset()
+    assert env.step([STOP] * 3)[1] is False
+
+
+def test_runner_stores_sc2_crashes_as_invalid_steps(fake_smac, sc2_install):
+    import torch
+
+    from qmixlab.runners.batch_runner import BatchRunner
+
+    class StopThenCrash:
+        def init_hidden(self, n):
+            self.t = 0
+
+        def select_actions(self, obs, avail, t_env, test_mode=False, env_mask=None):
+            return torch.full((2, 3), STOP)
+
+    env = make_batched_env("sc2", n_envs=2, map_name="3m")
+    runner = BatchRunner(env, StopThenCrash())
+    assert "invalid" in runner.scheme
+    original_reset = env.reset
+
+    def reset_then_arm(env_ids=None):
+        original_reset(env_ids)
+        env.envs[1].env.crash_next_step = True  # env 1's game crashes on its first step
+
+    env.reset = reset_then_arm
+    batch, stats = runner.run()
+    assert batch["invalid"][1, 0, 0] and batch["terminated"][1, 0, 0]
+    assert not batch["invalid"][0].any() and stats.lengths.tolist() == [60, 1]

@@ -5,8 +5,9 @@ import pytest
 
 from qmixlab.envs.multiagentenv import BatchedMultiAgentEnv, BatchedStep, MultiAgentEnv
 from qmixlab.envs.smacsim import MAPS, BatchedSMACSim, SMACSim
+from qmixlab.envs.smacsim.env import SMAC_DEFAULTS
 
-# Spec smac.md section 7: map -> (n_agents, n_actions, obs, state, episode_limit).
+# docs/smac.md section 7: map -> (n_agents, n_actions, obs, state, episode_limit).
 SPEC_TABLE = {
     "3m": (3, 9, 30, 48, 60),
     "8m": (8, 14, 80, 168, 120),
@@ -267,3 +268,42 @@ def test_heuristic_policy_only_uses_available_actions_and_heuristic_ai_flag():
     for _ in range(10):
         expected = manual.heuristic_actions()
         assert auto.step([1, 1, 1])[0] == pytest.approx(manual.step(expected)[0])
+
+
+@pytest.mark.parametrize("map_name, options", [
+    ("3m", {}),
+    ("2s3z", {"obs_last_action": True, "obs_timestep_number": True, "state_timestep_number": True}),
+    ("MMM", {"obs_pathing_grid": True, "obs_terrain_height": True, "obs_all_health": False}),
+])
+def test_smac_feature_sizes_and_spec_layout(map_name, options):
+    """SMAC's size methods, from SMAC's formulas written out, and the spec's layout read back
+    from actual observations."""
+    env = BatchedSMACSim(map_name, n_envs=2, seed=1, **options)
+    opts = {**SMAC_DEFAULTS, **options}
+    bits = env.features.bits
+    na, ne, A = env.n_agents, env.n_enemies, env.n_actions
+    sh_a, sh_e = env.features.shield_a, env.features.shield_e
+    assert env.get_obs_move_feats_size() == 4 + 8 * opts["obs_pathing_grid"] + 9 * opts["obs_terrain_height"]
+    assert env.get_obs_enemy_feats_size() == (ne, 4 + bits + (1 + sh_e) * opts["obs_all_health"])
+    assert env.get_obs_ally_feats_size() == (na - 1, 4 + bits + (1 + sh_a) * opts["obs_all_health"]
+                                             + A * opts["obs_last_action"])
+    assert env.get_obs_own_feats_size() == bits + (1 + sh_a) * opts["obs_own_health"] + opts["obs_timestep_number"]
+    assert (env.get_ally_num_attributes(), env.get_enemy_num_attributes()) == (4 + sh_a + bits, 3 + sh_e + bits)
+
+    spec = env.get_spec()
+    assert spec.noop_action == 0 and spec.obs_layout.size == env.obs_size
+    blocks = spec.obs_layout.slices()
+    env.reset()
+    for _ in range(8):  # close in, so that some enemies can be attacked
+        avail = env.get_avail_actions()
+        env.step(np.where(avail[..., 4], 4, avail.argmax(-1)))
+    obs, avail = env.get_obs(), env.get_avail_actions()
+    enemies = obs[..., blocks["enemies"]].reshape(2, na, ne, -1)
+    healer = env.engine.is_healer[:na]
+    for b in range(2):
+        for i in range(na):
+            for j in range(ne):  # SMAC's first enemy feature: "can attack it now"
+                assert enemies[b, i, j, 0] == float(avail[b, i, 6 + j] and not healer[i])
+    assert avail[..., 6:].any(), "the check needs some attackable enemies"
+    state_blocks = spec.state_layout.slices()
+    assert (state_blocks["last_action"].start, state_blocks["last_action"].stop) == spec.state_last_action

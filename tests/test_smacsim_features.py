@@ -1,4 +1,4 @@
-"""Observation and state vectors against SMAC's layout (spec smac.md sections 4-5), value by value.
+"""Observation and state vectors against SMAC's layout (``docs/smac.md`` sections 4-5), value by value.
 
 The reference below is written the slow, obvious way: loops over agents and units, reading the
 engine's unit arrays and the spec's constants.

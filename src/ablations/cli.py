@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -26,6 +27,8 @@ def _ablate_parser() -> argparse.ArgumentParser:
         description="Run a sweep of mask ablations: variants x maps x seeds, one training run each.")
     parser.add_argument("sweep", help="sweep file (YAML: name, alg, env, base, variants, maps, seeds, per_map)")
     parser.add_argument("--out", help="sweep folder (default: results/ablations/<name>)")
+    parser.add_argument("--append", action="store_true",
+                        help="add runs to a sweep folder that holds kept results (tracked by git, or with a README.md)")
     parser.add_argument("--workers", type=int, help="runs at once (default: cores // threads per run)")
     parser.add_argument("--backend", choices=("local", "ray"), default="local")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
@@ -40,9 +43,9 @@ def _report_parser() -> argparse.ArgumentParser:
     from qmixlab.ablations.report import REPORT_METRICS
 
     parser = argparse.ArgumentParser(prog="qmixlab report", description="Statistics and figures of a sweep folder.")
-    parser.add_argument("sweep_dir", help="the sweep folder (holds sweep.yaml and runs/)")
+    parser.add_argument("sweep_dir", help="the sweep folder (holds sweep.yaml and runs/), or a folder of sweep folders")
     parser.add_argument("--metric", default=REPORT_METRICS[0], help="headline metric (default: %(default)s)")
-    parser.add_argument("--out", help="report path (default: <sweep folder>/report.md)")
+    parser.add_argument("--out", help="report path (default: <sweep folder>/report.md; one sweep folder only)")
     parser.add_argument("--last-k", type=int, default=stats.DEFAULT_LAST_K,
                         help="final score = mean of the last K evaluations (default: %(default)s)")
     parser.add_argument("--reps", type=int, default=stats.DEFAULT_REPS, help="bootstrap resamples (default: %(default)s)")
@@ -50,31 +53,73 @@ def _report_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_destination(sweep_dir: Path, append: bool) -> str:
+    """Refuse a folder of sweeps; return why ``sweep_dir`` holds kept results ('' when it does not)."""
+    from qmixlab.ablations import sweep
+    from qmixlab.ablations.execution import AblationError
+
+    inner = sweep.sweep_folders(sweep_dir)
+    if inner and not (sweep_dir / sweep.SWEEP_FILE).is_file():
+        raise AblationError(
+            f"{sweep_dir} is a folder of sweeps ({', '.join(p.name for p in inner)}), not a sweep folder: "
+            "pass --out DIR to run this sweep in a folder of its own")
+    reason = sweep.kept_results_reason(sweep_dir)
+    return "" if append or reason is None else f"{sweep_dir} {reason}"
+
+
+def _refuse_invalid_runs(sweep_file, runs) -> None:
+    from qmixlab.ablations import sweep
+
+    failures = sweep.invalid_runs(runs)
+    if not failures:
+        return
+    for run, message in failures:
+        print(f"qmixlab ablate: run {run.run_id}: {message}", file=sys.stderr)
+    raise ConfigError(f"{sweep_file}: {len(failures)} of {len(runs)} runs have an invalid configuration "
+                      "(listed above); nothing was started")
+
+
 def ablate(argv: List[str], executor=None) -> int:
     from qmixlab.ablations import execution, sweep
 
     args = _ablate_parser().parse_args(argv)
-    spec = sweep.load_sweep(args.sweep)
+    spec = sweep.load_sweep(args.sweep, validate=False)
+    sweep.check_reserved_keys(spec)
     sweep_dir = Path(args.out) if args.out else sweep.default_sweep_dir(spec)
+    kept = _check_destination(sweep_dir, args.append)
+    if kept and not args.dry_run:
+        raise execution.AblationError(
+            f"{kept}: a sweep does not mix new runs into kept results unless told to. Pass --out DIR to "
+            "run it in another folder, or --append to add its runs to this one on purpose")
     spec = sweep.merge_with_existing(spec, sweep_dir)
     runs = sweep.expand(spec, sweep_dir)
+    _refuse_invalid_runs(args.sweep, runs)
     if args.dry_run:
         for run in runs:
             state = execution.run_state(run.run_dir)
             print(f"{run.run_id}  [{state.state}{': ' + execution.first_line(state.detail) if state.detail else ''}]")
             print("    " + " ".join(_shell_word(token) for token in sweep.build_command(run)))
-        print(f"{len(runs)} runs in {sweep_dir} (dry run: nothing started)")
+        print(f"{len(runs)} runs in {sweep_dir}, every configuration valid (dry run: nothing started)")
+        if kept:
+            print(f"note: {kept}; without --dry-run this sweep is refused there unless you pass --out DIR or --append")
         return 0
     sweep.write_sweep_file(spec, sweep_dir)
     result = execution.run_sweep(
         runs, sweep_dir, executor=executor or execution.execute_cli_run, workers=args.workers,
         backend=args.backend, address=args.address, retry_failed=args.retry_failed, progress=not args.no_progress)
     finished = sum(1 for o in result.outcomes if o["result"] in ("finished", "skipped_finished"))
+    if result.stopped_by:
+        stopped = result.count(execution.INTERRUPTED)
+        print(f"qmixlab ablate: stopped by {result.stopped_by}: {stopped} running run(s) marked interrupted, "
+              f"{result.count(execution.NOT_STARTED)} not started, {finished}/{len(runs)} finished; "
+              f"to resume, run the same command again: {' '.join(_shell_word(a) for a in ['qmixlab', 'ablate', *argv])}",
+              file=sys.stderr)
+        return 128 + signal.Signals[result.stopped_by].value
     print(f"{finished}/{len(runs)} runs finished in {sweep_dir}")
     for outcome in result.failed:
         print(f"  failed: {outcome['run_id']}: {outcome.get('detail', '')}  (see {Path(sweep_dir) / 'runs' / outcome['run_id'] / 'status.json'})")
     for outcome in result.outcomes:
-        if outcome["result"] in ("skipped_running", "interrupted"):
+        if outcome["result"] in ("skipped_running", execution.INTERRUPTED):
             print(f"  not finished: {outcome['run_id']}: {outcome.get('detail', '')}")
     if any(o["result"] == "skipped_running" for o in result.outcomes):
         print("  (a run claimed by a host that is gone stays claimed: delete its runs/<id>/claim.json to rerun it)")
@@ -83,16 +128,30 @@ def ablate(argv: List[str], executor=None) -> int:
 
 
 def report(argv: List[str]) -> int:
+    from qmixlab.ablations import sweep
+    from qmixlab.ablations.execution import AblationError
     from qmixlab.ablations.report import build_report
 
     args = _report_parser().parse_args(argv)
-    path = build_report(args.sweep_dir, metric=args.metric, out=args.out, last_k=args.last_k, reps=args.reps, seed=args.seed)
-    print(f"wrote {path}")
+    folder = Path(args.sweep_dir)
+    inner = [] if (folder / sweep.SWEEP_FILE).is_file() else sweep.sweep_folders(folder)
+    if not inner:  # one sweep folder (or the error saying it is none)
+        path = build_report(folder, metric=args.metric, out=args.out, last_k=args.last_k, reps=args.reps, seed=args.seed)
+        print(f"wrote {path}")
+        return 0
+    if args.out:
+        raise AblationError(f"{folder} holds {len(inner)} sweeps ({', '.join(p.name for p in inner)}); --out names "
+                            "one report file: leave it out (each report goes into its sweep folder) or report one sweep")
+    for sweep_dir in inner:
+        path = build_report(sweep_dir, metric=args.metric, last_k=args.last_k, reps=args.reps, seed=args.seed)
+        print(f"{sweep_dir.name}: wrote {path}")
+    print(f"{len(inner)} sweep reports written under {folder}")
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``argv[0]`` is ``ablate`` or ``report``. Exits non-zero when a run is not finished."""
+    """``argv[0]`` is ``ablate`` or ``report``. Exits non-zero when a run is not finished: 2 for a
+    bad sweep or argument, 1 for a run not finished, 128 + the signal's number when stopped by one."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"ablate": ablate, "report": report}
     if not argv or argv[0] not in commands:
@@ -105,6 +164,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, AblationError, ImportError) as error:
         print(f"qmixlab {argv[0]}: {error}", file=sys.stderr)
         raise SystemExit(2)
+    except KeyboardInterrupt:  # before any run started (while loading, validating or reporting)
+        print(f"qmixlab {argv[0]}: interrupted; nothing was started" if argv[0] == "ablate" else
+              f"qmixlab {argv[0]}: interrupted", file=sys.stderr)
+        raise SystemExit(130)
     if code:
         raise SystemExit(code)
     return code

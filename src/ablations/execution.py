@@ -5,15 +5,19 @@ Each run owns ``<sweep folder>/runs/<run id>/``:
 * ``claim.json``: created with ``O_CREAT | O_EXCL`` by the process that executes the run (host,
   pid), removed when it is done. A claim whose pid is dead on this host is stale and reclaimed;
   a claim from another host is respected (that host may still be running it).
-* ``status.json``: ``{state: running|finished|failed, error, command, host, pid, started, ended,
-  duration_s, attempt}``, replaced atomically.
+* ``status.json``: ``{state: running|finished|failed|interrupted, error, command, host, pid,
+  started, ended, duration_s, attempt}``, replaced atomically.
 * ``run_spec.json``: the run's variant, map, seed and overrides.
 * ``sacred/<id>/``: sacred's FileStorageObserver (``run.json``, ``metrics.json``, ...), and
   ``stdout.log`` / ``stderr.log`` of the training process.
 
 A run is finished when its status says so and sacred's ``run.json`` says COMPLETED. Re-running a
 sweep skips finished runs, skips (and reports) failed ones unless asked to retry them, and reruns
-runs that were interrupted (status ``running`` with no live claim).
+runs that were interrupted (status ``interrupted``, or ``running`` with no live claim).
+
+Ctrl-C (SIGINT) or SIGTERM stops a sweep: no further run is launched, the running ones are stopped
+and marked ``interrupted`` (their training processes get SIGTERM, then SIGKILL after
+``STOP_GRACE_S``), and ``run_sweep`` returns with ``stopped_by`` set.
 
 The executor (``execute_run(run_spec) -> None``, raising on failure) is injectable: the default
 runs the real command line in a fresh interpreter, tests pass a fake one.
@@ -53,6 +57,9 @@ ERROR_TAIL_LINES = 20
 UNREADABLE_CLAIM_GRACE_S = 60.0
 # Files and folders of one attempt (a retry starts from none of them).
 ATTEMPT_OUTPUTS = ("sacred", "models", "tb_logs", "stdout.log", "stderr.log")
+# A stopped run's training process gets this long to exit after SIGTERM before it is killed.
+STOP_GRACE_S = 10.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Executor = Callable[[RunSpec], None]
 
@@ -63,6 +70,74 @@ class RunFailed(RuntimeError):
 
 class AblationError(RuntimeError):
     """A sweep cannot proceed (bad arguments, missing optional dependency)."""
+
+
+class SweepStopped(BaseException):
+    """SIGINT or SIGTERM asked the sweep to stop. A BaseException, like KeyboardInterrupt, so that
+    an executor's ``except Exception`` does not swallow it."""
+
+
+class _StopRequest:
+    """This process's record of a stop signal. The handler only notes the signal, except while an
+    executor runs (``interruptible``): then it raises SweepStopped there, once, so that waiting on a
+    training process ends at once while status files are never left half-updated."""
+
+    def __init__(self):
+        self.signal_name: Optional[str] = None
+        self.interruptible = False
+        self.shared_event = None  # set in pool workers: the main process's stop, seen before a run starts
+
+    def reset(self):
+        self.signal_name, self.interruptible = None, False
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None or (self.shared_event is not None and self.shared_event.is_set())
+
+    def handle(self, signum, frame):
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if self.interruptible:
+            self.interruptible = False
+            raise SweepStopped(self.signal_name)
+
+    @contextlib.contextmanager
+    def interruptible_section(self):
+        self.interruptible = True
+        try:
+            if self.requested:  # asked before this section began
+                self.interruptible = False
+                raise SweepStopped(self.signal_name or "SIGTERM")
+            yield
+        finally:
+            self.interruptible = False
+
+
+_STOP = _StopRequest()
+
+
+def _take_stop_signals_back() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _STOP.handle)
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT and SIGTERM stop the sweep (the main thread only; elsewhere handlers cannot be set)."""
+    _STOP.reset()
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            yield _STOP
+        finally:
+            _STOP.reset()
+        return
+    previous = {signum: signal.signal(signum, _STOP.handle) for signum in STOP_SIGNALS}
+    try:
+        yield _STOP
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _STOP.reset()
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -221,6 +296,7 @@ def release_claim(run_dir, claim: dict) -> None:
 
 # --------------------------------------------------------------------------- run states
 FINISHED, FAILED, RUNNING, INTERRUPTED, PENDING = "finished", "failed", "running", "interrupted", "pending"
+NOT_STARTED = "not_started"  # an outcome: the sweep was stopped before this run began
 
 
 @dataclass
@@ -249,6 +325,8 @@ def run_state(run_dir, check_claim: bool = True) -> RunState:
         return RunState(INTERRUPTED, f"status.json says finished but sacred's run.json says {sacred}", status)
     if state == FAILED:
         return RunState(FAILED, status.get("error") or "", status)
+    if state == INTERRUPTED:
+        return RunState(INTERRUPTED, f"stopped by {status.get('interrupted_by', 'a signal')} at {status.get('ended')}", status)
     return RunState(INTERRUPTED, f"was {state} on host {status.get('host')} pid {status.get('pid')}, which is gone", status)
 
 
@@ -277,8 +355,11 @@ def _error_text(error: BaseException) -> str:
 
 
 def run_one(run: RunSpec, executor: Executor, retry_failed: bool, lock_path: str) -> dict:
-    """Claim, execute and record one run; never raises for a failure of the run itself."""
+    """Claim, execute and record one run; never raises for a failure of the run itself. A stop
+    (SweepStopped, or KeyboardInterrupt as Ray's cancel raises it) marks the run interrupted."""
     run_dir = Path(run.run_dir)
+    if _STOP.requested:
+        return {"run_id": run.run_id, "result": NOT_STARTED}
     claim, holder = claim_run(run_dir, lock_path)
     if claim is None:
         return {"run_id": run.run_id, "result": "skipped_running",
@@ -297,20 +378,29 @@ def run_one(run: RunSpec, executor: Executor, retry_failed: bool, lock_path: str
                   "host": host_name(), "pid": os.getpid(), "started": now_iso(started), "ended": None,
                   "duration_s": None, "attempt": attempt}
         write_json(run_dir / STATUS_FILE, status)
+
+        def record(state: str, **fields) -> None:
+            ended = time.time()
+            status.update(state=state, ended=now_iso(ended), duration_s=round(ended - started, 3), **fields)
+            write_json(run_dir / STATUS_FILE, status)
+
         try:
-            executor(run)
+            with _STOP.interruptible_section():
+                executor(run)
             sacred = sacred_status(run_dir)
             if sacred != "COMPLETED":
                 raise RunFailed(f"the run returned but sacred's run.json says {sacred!r}, not 'COMPLETED'")
+        except (SweepStopped, KeyboardInterrupt) as stop:
+            _STOP.signal_name = _STOP.signal_name or str(stop) or "SIGINT"
+            record(INTERRUPTED, interrupted_by=_STOP.signal_name)
+            return {"run_id": run.run_id, "result": INTERRUPTED, "detail": f"stopped by {_STOP.signal_name}"}
         except Exception as error:  # a failed run is recorded; the sweep goes on
-            ended = time.time()
-            status.update(state=FAILED, error=_error_text(error), ended=now_iso(ended), duration_s=round(ended - started, 3))
-            write_json(run_dir / STATUS_FILE, status)
+            if _STOP.requested:  # it died of the stop (e.g. its process got the terminal's Ctrl-C)
+                record(INTERRUPTED, interrupted_by=_STOP.signal_name or "SIGTERM")
+                return {"run_id": run.run_id, "result": INTERRUPTED, "detail": f"stopped by {_STOP.signal_name or 'SIGTERM'}"}
+            record(FAILED, error=_error_text(error))
             return {"run_id": run.run_id, "result": FAILED, "detail": first_line(status["error"])}
-        # KeyboardInterrupt / SystemExit leave the status "running": the run is rerun next time.
-        ended = time.time()
-        status.update(state=FINISHED, ended=now_iso(ended), duration_s=round(ended - started, 3))
-        write_json(run_dir / STATUS_FILE, status)
+        record(FINISHED)
         return {"run_id": run.run_id, "result": FINISHED}
     finally:
         release_claim(run_dir, claim)
@@ -323,6 +413,15 @@ def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
         return ""
 
 
+def _stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def execute_cli_run(run: RunSpec) -> None:
     """The default executor: the training command line in a fresh interpreter, one thread."""
     run_dir = Path(run.run_dir)
@@ -331,7 +430,12 @@ def execute_cli_run(run: RunSpec) -> None:
     # Binding the child to this process's life needs preexec_fn, unsafe when threads exist.
     preexec = _bind_to_parent if threading.active_count() == 1 else None
     with open(run_dir / "stdout.log", "w") as out, open(run_dir / "stderr.log", "w") as err:
-        process = subprocess.run(command, stdout=out, stderr=err, env=env, cwd=run_dir, preexec_fn=preexec)
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=run_dir, preexec_fn=preexec)
+        try:
+            process.wait()
+        except BaseException:  # the sweep is stopped: so is its training process
+            _stop_process(process)
+            raise
     if process.returncode != 0:
         tail = _tail(run_dir / "stderr.log")
         last = first_line("\n".join(reversed(tail.splitlines()))) or "(no stderr)"
@@ -343,6 +447,7 @@ def execute_cli_run(run: RunSpec) -> None:
 class SweepOutcome:
     outcomes: List[dict] = field(default_factory=list)
     planned: Dict[str, RunState] = field(default_factory=dict)
+    stopped_by: Optional[str] = None  # "SIGINT" / "SIGTERM" when a signal stopped the sweep
 
     def count(self, result: str) -> int:
         return sum(1 for o in self.outcomes if o["result"] == result)
@@ -369,33 +474,59 @@ def _progress(total: int, enabled: bool):
     return _Bar(total=total, unit="run", disable=not enabled, dynamic_ncols=True)
 
 
-def _worker_init():
+def _worker_init(stop_event, worker_pids):
     _bind_to_parent()
     os.environ.update(THREAD_ENV)
+    _STOP.shared_event = stop_event
+    for signum in STOP_SIGNALS:  # the terminal's Ctrl-C reaches workers too: they stop their run
+        signal.signal(signum, _STOP.handle)
+    worker_pids.put(os.getpid())
 
 
-def _run_local(todo, executor, retry_failed, lock_path, workers, bar, on_outcome):
-    if workers == 1:  # in-process: no pickling, the executor may be any callable
-        for run in todo:
-            on_outcome(run_one(run, executor, retry_failed, lock_path))
-            bar.update(1)
-        return
+def _run_in_process(todo, executor, retry_failed, lock_path, on_outcome):
+    """One run at a time in this process: no pickling, the executor may be any callable."""
+    for run in todo:
+        if _STOP.requested:
+            return
+        on_outcome(run_one(run, executor, retry_failed, lock_path))
+
+
+def _run_pool(todo, executor, retry_failed, lock_path, workers, on_outcome):
+    """``workers`` processes, each handed one run at a time, so that a stop leaves no run queued
+    inside the pool. On a stop the workers get SIGTERM: each stops its run and marks it."""
     context = multiprocessing.get_context("spawn")  # no fork of a process that imported torch
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        futures = {pool.submit(run_one, run, executor, retry_failed, lock_path): run for run in todo}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                run = futures[future]
+    stop_event, pid_queue, worker_pids = context.Event(), context.SimpleQueue(), set()
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                                  initargs=(stop_event, pid_queue))
+    queue, in_flight, deadline = list(todo), {}, None
+    try:
+        while in_flight or (queue and deadline is None):
+            while queue and len(in_flight) < workers and not _STOP.requested:
+                run = queue.pop(0)
+                in_flight[pool.submit(run_one, run, executor, retry_failed, lock_path)] = run
+            if _STOP.requested and deadline is None:
+                stop_event.set()  # a worker still starting up will not begin its run
+                while not pid_queue.empty():
+                    worker_pids.add(pid_queue.get())
+                for pid in worker_pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                deadline = time.time() + STOP_GRACE_S + 30.0
+            done, _ = concurrent.futures.wait(in_flight, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                run = in_flight.pop(future)
                 try:
                     outcome = future.result()
                 except Exception as error:  # the worker itself died (e.g. killed): rerun next time
-                    outcome = {"run_id": run.run_id, "result": "interrupted", "detail": repr(error)}
+                    outcome = {"run_id": run.run_id, "result": INTERRUPTED, "detail": repr(error)}
                 on_outcome(outcome)
-                bar.update(1)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+            if deadline is not None and time.time() > deadline:
+                for pid in worker_pids:  # a worker that does not stop: its runs stay "running", rerun next time
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                break
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def import_ray():
@@ -409,7 +540,7 @@ def import_ray():
     return ray
 
 
-def _run_ray(todo, executor, retry_failed, lock_path, workers, address, bar, on_outcome):
+def _run_ray(todo, executor, retry_failed, lock_path, workers, address, on_outcome):
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -417,23 +548,33 @@ def _run_ray(todo, executor, retry_failed, lock_path, workers, address, bar, on_
             ray.init(num_cpus=workers or default_workers(), include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
+        _take_stop_signals_back()  # ray.init installs its own handlers
     try:
         remote_run = ray.remote(num_cpus=THREADS_PER_RUN, max_retries=0)(run_one)
         queue = list(todo)
         limit = workers or len(queue)
-        in_flight = {}
-        while queue or in_flight:
-            while queue and len(in_flight) < limit:
+        in_flight, deadline = {}, None
+        while in_flight or (queue and deadline is None):
+            while queue and len(in_flight) < limit and not _STOP.requested:
                 run = queue.pop(0)
                 in_flight[remote_run.remote(run, executor, retry_failed, lock_path)] = run
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            run = in_flight.pop(ready[0])
-            try:
-                outcome = ray.get(ready[0])
-            except Exception as error:  # the task's worker died: the run is rerun next time
-                outcome = {"run_id": run.run_id, "result": "interrupted", "detail": first_line(str(error))}
-            on_outcome(outcome)
-            bar.update(1)
+            if _STOP.requested and deadline is None:
+                for ref in in_flight:  # KeyboardInterrupt inside the task: run_one marks its run interrupted
+                    ray.cancel(ref)
+                deadline = time.time() + STOP_GRACE_S
+            elif deadline is not None and time.time() > deadline:
+                for ref, run in in_flight.items():  # not stopped in time: its status stays "running"; rerun next time
+                    ray.cancel(ref, force=True)
+                    on_outcome({"run_id": run.run_id, "result": INTERRUPTED, "detail": "force-cancelled after the stop"})
+                break
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)  # a timeout: signals are seen
+            for ref in ready:
+                run = in_flight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as error:  # cancelled, or the task's worker died: rerun next time
+                    outcome = {"run_id": run.run_id, "result": INTERRUPTED, "detail": first_line(str(error))}
+                on_outcome(outcome)
     finally:
         if started_here:
             ray.shutdown()
@@ -450,7 +591,10 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> SweepOutcome:
-    """Execute the runs that still need it; return what happened to every run."""
+    """Execute the runs that still need it; return what happened to every run.
+
+    SIGINT or SIGTERM stops the sweep: no run is launched after it, the running ones are stopped
+    and marked interrupted, and the result's ``stopped_by`` names the signal."""
     if backend not in ("local", "ray"):
         raise AblationError(f"backend {backend!r} is not one of ['local', 'ray']")
     if workers is not None and workers < 1:
@@ -473,13 +617,21 @@ def run_sweep(
     log(f"{len(runs)} runs: {len(todo)} to run, {result.count('skipped_finished')} already finished, "
         f"{result.count('skipped_failed')} failed before (skipped{'' if retry_failed else '; --retry-failed reruns them'}), "
         f"{result.count('skipped_running')} running elsewhere")
-    with _progress(len(todo), progress) as bar:
+    local_workers = workers or default_workers()
+    with _stop_on_signals() as stop, _progress(len(todo), progress) as bar:
         def on_outcome(outcome):
             result.outcomes.append(outcome)
+            bar.update(1)
             if outcome["result"] == FAILED:
                 bar.write(f"run {outcome['run_id']} failed: {outcome.get('detail', '')}")
-        if todo and backend == "local":
-            _run_local(todo, executor, retry_failed, lock_path, workers or default_workers(), bar, on_outcome)
+
+        if todo and backend == "local" and local_workers == 1:
+            _run_in_process(todo, executor, retry_failed, lock_path, on_outcome)
+        elif todo and backend == "local":
+            _run_pool(todo, executor, retry_failed, lock_path, local_workers, on_outcome)
         elif todo:
-            _run_ray(todo, executor, retry_failed, lock_path, workers, address, bar, on_outcome)
+            _run_ray(todo, executor, retry_failed, lock_path, workers, address, on_outcome)
+        result.stopped_by = stop.signal_name
+    reported = {o["run_id"] for o in result.outcomes}
+    result.outcomes += [{"run_id": run.run_id, "result": NOT_STARTED} for run in todo if run.run_id not in reported]
     return result

@@ -2,17 +2,19 @@
 
 A sweep is ``variants x maps x seeds``; each combination is one ordinary training run of the
 command line (``build_command``), identified by ``<variant>__<map>__seed<k>`` and kept in its own
-folder ``<sweep folder>/runs/<run id>/``. Every run's merged configuration is validated against
-the schema (``qmixlab.settings``) when the sweep is loaded, so a misspelled key fails before the
-first run starts, naming the variant and map.
+folder ``<sweep folder>/runs/<run id>/``. Every run's configuration, composed exactly as its
+command line composes it, is validated against the schema (``qmixlab.settings.validate_run``)
+before any run starts, so a misspelled key or map fails at once, naming the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from qmixlab.settings import ConfigError, available, compose_config, deep_merge, load_yaml, validate_config
+from qmixlab.settings import ConfigError, available, deep_merge, load_yaml, validate_run
 
 # ``descriptions`` is written into the resolved ``sweep.yaml``, which is itself a valid sweep file.
 SWEEP_KEYS = ("name", "alg", "env", "base", "variants", "maps", "seeds", "per_map", "descriptions")
@@ -126,41 +128,59 @@ def _resolve_variants(entries) -> Tuple[Dict[str, dict], Dict[str, str]]:
     return variants, descriptions
 
 
-def parse_sweep(raw: dict, source: str = "sweep", validate: bool = True) -> SweepSpec:
+def parse_sweep(raw: dict, source: str = "sweep", validate: bool = True,
+                lines: Optional[Dict[str, int]] = None) -> SweepSpec:
     """Check a sweep mapping (as read from YAML) and resolve its presets; ``validate`` also checks
-    every run's merged configuration against the schema."""
+    every run's configuration against the schema. ``lines`` (top-level key -> line number in
+    ``source``) puts the line into the messages."""
+
+    def at(key: str) -> str:
+        return f"{source}:{lines[key]}" if lines and key in lines else source
+
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source} must hold a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{source}:1: a sweep file holds a mapping of sweep keys {list(SWEEP_KEYS)}, "
+                          f"not a {type(raw).__name__}")
     unknown = [key for key in raw if key not in SWEEP_KEYS]
     if unknown:
-        raise ConfigError(f"{source}: unknown sweep key(s) {unknown}; expected keys {list(SWEEP_KEYS)}")
+        close = difflib.get_close_matches(str(unknown[0]), SWEEP_KEYS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close and len(unknown) == 1 else ""
+        raise ConfigError(f"{at(unknown[0])}: unknown sweep key(s) {unknown}{hint} (expected keys {list(SWEEP_KEYS)})")
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     if missing:
-        raise ConfigError(f"{source}: missing sweep key(s) {missing}")
-    name = _check_name("sweep", raw["name"])
+        raise ConfigError(f"{source}: missing sweep key(s) {missing} (every sweep file needs {list(REQUIRED_KEYS)})")
+    try:
+        name = _check_name("sweep", raw["name"])
+    except ConfigError as error:
+        raise ConfigError(f"{at('name')}: {error}") from None
     maps = raw["maps"]
     if not isinstance(maps, list) or not maps:
-        raise ConfigError(f"{source}: maps must be a non-empty list, got {maps!r}")
+        raise ConfigError(f"{at('maps')}: maps must be a non-empty list, got {maps!r}")
     for map_name in maps:
-        _check_name("map", map_name)
+        try:
+            _check_name("map", map_name)
+        except ConfigError as error:
+            raise ConfigError(f"{at('maps')}: {error}") from None
     if len(set(maps)) != len(maps):
-        raise ConfigError(f"{source}: maps {maps} lists a map twice")
+        raise ConfigError(f"{at('maps')}: maps {maps} lists a map twice")
     seeds = raw["seeds"]
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{source}: seeds must be a non-empty list of integers, got {seeds!r}")
+        raise ConfigError(f"{at('seeds')}: seeds must be a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{source}: seeds {seeds} lists a seed twice")
-    per_map = _mapping(raw.get("per_map"), "per_map")
+        raise ConfigError(f"{at('seeds')}: seeds {seeds} lists a seed twice")
+    per_map = _mapping(raw.get("per_map"), f"{at('per_map')}: per_map")
     for map_name, overrides in per_map.items():
         if map_name not in maps:
-            raise ConfigError(f"{source}: per_map names map {map_name!r}, which is not in maps {maps}")
-        per_map[map_name] = _mapping(overrides, f"per_map.{map_name}")
-    variants, descriptions = _resolve_variants(raw["variants"])
+            raise ConfigError(f"{at('per_map')}: per_map names map {map_name!r}, which is not in maps {maps}")
+        per_map[map_name] = _mapping(overrides, f"{at('per_map')}: per_map.{map_name}")
+    try:
+        variants, descriptions = _resolve_variants(raw["variants"])
+    except ConfigError as error:
+        raise ConfigError(f"{at('variants')}: {error}") from None
     stored = _mapping(raw.get("descriptions"), "descriptions")
     descriptions.update({k: str(v) for k, v in stored.items() if k in variants})
     spec = SweepSpec(
         name=name, alg=str(raw.get("alg", "qmix")), env=str(raw.get("env", "smacsim")),
-        base=_mapping(raw.get("base"), "base"), variants=variants, maps=list(maps),
+        base=_mapping(raw.get("base"), f"{at('base')}: base"), variants=variants, maps=list(maps),
         seeds=list(seeds), per_map=per_map, descriptions=descriptions,
     )
     if validate:
@@ -168,11 +188,46 @@ def parse_sweep(raw: dict, source: str = "sweep", validate: bool = True) -> Swee
     return spec
 
 
-def load_sweep(path) -> SweepSpec:
+def read_sweep_yaml(path) -> Tuple[Any, Dict[str, int]]:
+    """The YAML document in ``path`` and the line of each top-level key. A syntax error or a key
+    given twice raises ConfigError naming the file and the line."""
+    path = Path(path)
+    try:
+        loader = yaml.SafeLoader(path.read_text())
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a text (UTF-8) file: {error.reason} at byte {error.start}") from None
+    try:
+        node = loader.get_single_node()
+        raw = loader.construct_document(node) if node is not None else {}
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        context = ""
+        if error.context and error.problem:
+            started = error.context_mark
+            began = f" that starts on line {started.line + 1}" if started and started.line != mark.line else ""
+            context = f" ({error.context}{began})"
+        raise ConfigError(f"{where}: YAML syntax error: {error.problem or error.context}{context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: YAML syntax error: {str(error).splitlines()[0]}") from None
+    finally:
+        loader.dispose()
+    lines: Dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"{path}:{line}: sweep key {key!r} is given twice (first on line {lines[key]})")
+            lines[key] = line
+    return raw, lines
+
+
+def load_sweep(path, validate: bool = True) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    return parse_sweep(yaml.safe_load(path.read_text()) or {}, source=str(path))
+    raw, lines = read_sweep_yaml(path)
+    return parse_sweep({} if raw is None else raw, source=str(path), validate=validate, lines=lines)
 
 
 def run_overrides(spec: SweepSpec, variant: str, map_name: str) -> dict:
@@ -180,22 +235,41 @@ def run_overrides(spec: SweepSpec, variant: str, map_name: str) -> dict:
     return deep_merge(overrides, spec.variants[variant])
 
 
-def validate_sweep(spec: SweepSpec) -> None:
-    """Validate every (variant, map) configuration against the schema before any run starts."""
+def check_reserved_keys(spec: SweepSpec) -> None:
+    """The keys every run's command line sets itself may not be overridden (silently lost)."""
     for variant in spec.variants:
         for map_name in spec.maps:
-            overrides = run_overrides(spec, variant, map_name)
             where = f"variant {variant!r} on map {map_name!r}"
-            for key in flatten_overrides(overrides, where=where):
+            for key in flatten_overrides(run_overrides(spec, variant, map_name), where=where):
                 if key in RESERVED_KEYS:
-                    raise ConfigError(f"{where}: {key!r} is set by the sweep itself (alg/env/maps/seeds); remove it from the overrides")
-            config = compose_config(spec.alg, spec.env)
-            config = deep_merge(config, overrides)
-            config = deep_merge(config, {"seed": spec.seeds[0], "env_args": {"map_name": map_name}})
+                    raise ConfigError(f"{where}: {key!r} is set by the sweep itself (alg/env/maps/seeds); "
+                                      "remove it from the overrides")
+
+
+def validate_sweep(spec: SweepSpec) -> None:
+    """Validate every (variant, map) configuration before any run starts; the first failure
+    raises ConfigError naming the variant and map (``invalid_runs`` lists them all)."""
+    check_reserved_keys(spec)
+    for variant in spec.variants:
+        for map_name in spec.maps:
+            run = RunSpec(run_id(variant, map_name, spec.seeds[0]), variant, map_name, spec.seeds[0], spec.alg,
+                          spec.env, run_overrides(spec, variant, map_name), "<sweep folder>")
             try:
-                validate_config(config)
+                validate_run(run.alg, run.env, command_overrides(run))
             except ConfigError as error:
-                raise ConfigError(f"{where}: {error}") from error
+                raise ConfigError(f"variant {variant!r} on map {map_name!r}: {error}") from None
+
+
+def invalid_runs(runs: List[RunSpec]) -> List[Tuple[RunSpec, str]]:
+    """``(run, message)`` of every run whose full configuration (composed as its command line
+    composes it) does not validate."""
+    failures = []
+    for run in runs:
+        try:
+            validate_run(run.alg, run.env, command_overrides(run))
+        except ConfigError as error:
+            failures.append((run, str(error)))
+    return failures
 
 
 def expand(spec: SweepSpec, sweep_dir) -> List[RunSpec]:
@@ -214,6 +288,46 @@ def expand(spec: SweepSpec, sweep_dir) -> List[RunSpec]:
 
 def default_sweep_dir(spec: SweepSpec) -> Path:
     return Path("results") / "ablations" / spec.name
+
+
+# --------------------------------------------------------------------------- kept results
+SWEEP_FILE = "sweep.yaml"
+CURATED_FILE = "README.md"  # the sweep machinery never writes one: people do
+
+
+def sweep_folders(folder) -> List[Path]:
+    """The sweep folders directly inside ``folder`` (each holds a sweep.yaml), by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and (p / SWEEP_FILE).is_file())
+
+
+def _git_tracked_files(folder: Path) -> int:
+    """How many files under ``folder`` git tracks (0 without git or outside a repository)."""
+    try:
+        listed = subprocess.run(["git", "-C", str(folder), "ls-files", "--", "."], capture_output=True,
+                                text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return len(listed.stdout.splitlines()) if listed.returncode == 0 else 0
+
+
+def kept_results_reason(folder) -> Optional[str]:
+    """Why ``folder`` holds results kept on purpose (a committed reproduction), or None.
+
+    Kept: files under it are tracked by git, or it holds a README.md (written by people; the sweep
+    machinery writes none). Such a folder only gains runs when the user says so (``--append``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    reasons = []
+    tracked = _git_tracked_files(folder)
+    if tracked:
+        reasons.append(f"{tracked} file(s) in it are tracked by git")
+    if (folder / CURATED_FILE).is_file():
+        reasons.append(f"it holds a {CURATED_FILE}")
+    return f"holds kept results ({'; '.join(reasons)})" if reasons else None
 
 
 # --------------------------------------------------------------------------- the sweep folder
@@ -310,18 +424,15 @@ def flatten_overrides(overrides: dict, prefix: str = "", where: str = "overrides
     return flat
 
 
+def command_overrides(run: RunSpec) -> Dict[str, Any]:
+    """The dotted keys and values one run's command line sets, in order (after ``with``)."""
+    fixed = {"alg": run.alg, "env": run.env, "env_args.map_name": run.map_name, "seed": run.seed,
+             "local_results_path": str(run.run_dir), "progress_bar": False}
+    return {**fixed, **flatten_overrides(run.overrides, where=run.run_id)}
+
+
 def build_command(run: RunSpec, python: Optional[str] = None) -> List[str]:
     """The training command of one run (the plain CLI, in a fresh interpreter)."""
-    run_dir = str(run.run_dir)
-    fixed = [
-        f"alg={format_value(run.alg)}",
-        f"env={format_value(run.env)}",
-        f"env_args.map_name={format_value(run.map_name)}",
-        f"seed={format_value(run.seed)}",
-        f"local_results_path={format_value(run_dir)}",
-        "progress_bar=False",
-    ]
-    overrides = [f"{key}={format_value(value, key)}"
-                 for key, value in flatten_overrides(run.overrides, where=run.run_id).items()]
-    return [python or sys.executable, "-m", "qmixlab", "-F", os.path.join(run_dir, "sacred"), "with", *fixed, *overrides]
+    tokens = [f"{key}={format_value(value, key)}" for key, value in command_overrides(run).items()]
+    return [python or sys.executable, "-m", "qmixlab", "-F", os.path.join(str(run.run_dir), "sacred"), "with", *tokens]
 

@@ -250,12 +250,14 @@ def convert_checked(tensor: torch.Tensor, dtype: torch.dtype, name: str) -> torc
         return tensor.to(dtype)
     out = tensor.to(dtype)
     if src.is_floating_point and torch.finfo(dtype).max < torch.finfo(src).max:
-        bad = torch.isfinite(tensor) & ~torch.isfinite(out)
-        if bool(bad.any()):
-            raise ValueError(
-                f"field {name!r}: value {tensor[bad].flatten()[0].item()} overflows {dtype} "
-                f"(max {torch.finfo(dtype).max}); store this field in a wider dtype"
-            )
+        # An overflow shows as an infinity in ``out``; only then is the input searched for it.
+        if bool(torch.isinf(out).any()):
+            bad = torch.isfinite(tensor) & torch.isinf(out)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"field {name!r}: value {tensor[bad].flatten()[0].item()} overflows {dtype} "
+                    f"(max {torch.finfo(dtype).max}); store this field in a wider dtype"
+                )
     return out
 
 
@@ -387,11 +389,22 @@ class EpisodeBatch:
         self._device = device
 
     @classmethod
-    def _from_fields(cls, fields, groups, preprocess, transition, episode, device) -> "EpisodeBatch":
+    def from_fields(
+        cls,
+        fields: Mapping[str, FieldSpec],
+        groups: Mapping[str, int],
+        transition_data: Dict[str, torch.Tensor],
+        episode_data: Dict[str, torch.Tensor],
+        preprocess: Optional[Mapping[str, Tuple[str, List[Any]]]] = None,
+    ) -> "EpisodeBatch":
+        """Wrap tensors already laid out as ``fields`` (from ``build_fields``), without checking
+        anything: for a caller that validated its layout once, such as the replay buffer's
+        ``sample``. Use ``from_tensors`` for tensors of unknown origin. The arguments are kept,
+        not copied, and must not be changed afterwards."""
+        any_tensor = next(iter(transition_data.values()))
         batch = cls.__new__(cls)
-        any_tensor = next(iter(transition.values()))
-        batch._init(fields, groups, preprocess, transition, episode,
-                    int(any_tensor.shape[0]), int(any_tensor.shape[1]), torch.device(device))
+        batch._init(fields, groups, preprocess or {}, transition_data, episode_data,
+                    int(any_tensor.shape[0]), int(any_tensor.shape[1]), any_tensor.device)
         return batch
 
     @classmethod
@@ -425,9 +438,10 @@ class EpisodeBatch:
                     f"from_tensors: field {name!r} is {tuple(tensor.shape)} {tensor.dtype} on {tensor.device}, "
                     f"expected {lead + field.shape} {field.dtype} on {device}"
                 )
-        return cls._from_fields(fields, dict(groups), _normalize_preprocess(preprocess),
-                                {n: t.detach() for n, t in transition_data.items()},
-                                {n: t.detach() for n, t in episode_data.items()}, device)
+        return cls.from_fields(fields, dict(groups),
+                               {n: t.detach() for n, t in transition_data.items()},
+                               {n: t.detach() for n, t in episode_data.items()},
+                               _normalize_preprocess(preprocess))
 
     # ---------------------------------------------------------------- properties
     @property
@@ -568,8 +582,8 @@ class EpisodeBatch:
         episode_index = _index_tuple(bs_i, slice(None), self._device)[:1]
         transition = {name: t[transition_index] for name, t in self._transition.items()}
         episode = {name: t[episode_index] for name, t in self._episode.items()}
-        return EpisodeBatch._from_fields(self._fields, dict(self._groups), self.preprocess,
-                                         transition, episode, self._device)
+        # Fields, groups and preprocess are never changed after construction, so they are shared.
+        return EpisodeBatch.from_fields(self._fields, self._groups, transition, episode, self._preprocess)
 
     def max_t_filled(self) -> int:
         """Rows needed to cover every filled row: the last filled index + 1 over all episodes.

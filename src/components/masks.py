@@ -2,111 +2,41 @@
 
 The learner asks this module four questions and nothing else decides them:
 
-* which transitions enter the loss (``build_step_mask``, plus ``build_agent_mask`` for
-  per-agent losses),
-* which transitions end an episode and which of those cut the bootstrap (``episode_end_flags``),
+* which transitions enter the loss, which end an episode and which of those cut the bootstrap,
+  and which agents are alive (``build_transition_masks``, from ``episode_end_flags``,
+  ``build_step_mask`` and the episode's ``alive`` field; ``build_agent_mask`` for per-agent
+  losses),
 * which rows the networks must see at all (``transitions_read_by_targets``,
   ``rows_needed_by_networks``), so that padding and
   post-terminal rows can never leak NaN into the loss or the gradients,
 * how masked values are reduced to one number (``masked_td_loss``, ``masked_mean``).
 
-Each axis of ``../shared/specs/masking.md`` is one field of ``MaskOptions``; the defaults
-reproduce PyMARL's QMIX except that time-outs bootstrap. Tensors are laid out
-``[batch, time, ...]``; the step mask covers transitions ``t = 0 .. T-2`` of a batch of ``T`` rows
-(the last row only serves as a bootstrap state).
+Each axis of ``docs/masking.md`` is one field of ``MaskOptions`` (defined without torch in
+``qmixlab.components.mask_options`` and re-exported here); the defaults reproduce PyMARL's QMIX
+except that time-outs bootstrap. Tensors are laid out ``[batch, time, ...]``; the step mask
+covers transitions ``t = 0 .. T-2`` of a batch of ``T`` rows (the last row only serves as a
+bootstrap state).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
-PYMARL_UNAVAILABLE_FILL = -9999999.0
+from qmixlab.components.mask_options import (  # noqa: F401  (re-exported)
+    DEAD_AGENT_MODES,
+    INVALID_STEP_MODES,
+    MASKED_ROW_MODES,
+    NAMED_FILL_VALUES,
+    NORMALISATIONS,
+    PYMARL_UNAVAILABLE_FILL,
+    TIMEOUT_MODES,
+    MaskOptions,
+)
 
-NORMALISATIONS = ("valid_steps", "valid_agent_steps", "episodes", "all_rows")
-TIMEOUT_MODES = ("bootstrap", "terminal")
-DEAD_AGENT_MODES = ("none", "zero_utilities", "agent_loss_mask")
-INVALID_STEP_MODES = ("mask", "ignore")
-MASKED_ROW_MODES = ("keep", "drop")
-NAMED_FILL_VALUES = ("pymarl", "finfo_min", "-inf")
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"masks.{name}={value!r} is not one of {list(allowed)}")
-
-
-@dataclass(frozen=True)
-class MaskOptions:
-    """One field per masking axis (numbers refer to the axes of masking.md).
-
-    post_terminal_shift (1): mask the filled row right after an episode's last transition
-        (PyMARL's ``mask[:, 1:] *= 1 - terminated[:, :-1]``); False trains on ``filled`` alone.
-    mask_padding (2): mask rows that were never written; False treats every row as valid.
-    normalisation (3): the loss denominator: ``valid_steps`` (PyMARL with a mixer),
-        ``valid_agent_steps`` (PyMARL's IQL, which expands the mask over agents),
-        ``episodes`` (each episode's mean over its valid steps, averaged over episodes), or
-        ``all_rows`` (a plain mean over every element including masked ones: a known bias).
-    timeout (4): ``bootstrap`` (a time limit is not a terminal state) or ``terminal``
-        (what PyMARL-family runs on SMAC do). Either way the row after a time-out is masked.
-    target_avail_mask (5): restrict the target max and the double-Q argmax to available
-        actions. avail_fill_value: what unavailable actions are set to: ``pymarl``
-        (-9999999), ``finfo_min``, ``-inf`` or a number.
-    dead_agents (6): ``none`` (standard QMIX), ``zero_utilities`` (dead agents' chosen and
-        target utilities are zero before mixing) or ``agent_loss_mask`` (per-agent losses only:
-        dead agent-steps leave the loss). An agent is dead when no-op is its only action (SMAC).
-    invalid_steps (7): ``mask``: environment-flagged invalid steps get zero reward and leave
-        every loss term; ``ignore``: the flag is disregarded.
-    masked_rows (8): ``keep`` masked rows and zero them at reduction, or ``drop`` them before
-        the reduction; both give the same loss and gradients.
-    trim_to_longest (9): cut the batch to its longest filled episode before any forward pass.
-    skip_unread_rows (9): run the networks only on the rows of each episode that the loss reads
-        (padding and post-terminal rows are skipped: by the agents in chunks of a few steps, by
-        the mixers row by row). Neither option changes the loss or the gradients.
-    """
-
-    post_terminal_shift: bool = True
-    mask_padding: bool = True
-    normalisation: str = "valid_steps"
-    timeout: str = "bootstrap"
-    target_avail_mask: bool = True
-    avail_fill_value: Union[str, float] = "pymarl"
-    dead_agents: str = "none"
-    invalid_steps: str = "mask"
-    masked_rows: str = "keep"
-    trim_to_longest: bool = True
-    skip_unread_rows: bool = True
-
-    def __post_init__(self):
-        for name in ("post_terminal_shift", "mask_padding", "target_avail_mask", "trim_to_longest",
-                     "skip_unread_rows"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"masks.{name} must be a bool, got {getattr(self, name)!r}")
-        _check_choice("normalisation", self.normalisation, NORMALISATIONS)
-        _check_choice("timeout", self.timeout, TIMEOUT_MODES)
-        _check_choice("dead_agents", self.dead_agents, DEAD_AGENT_MODES)
-        _check_choice("invalid_steps", self.invalid_steps, INVALID_STEP_MODES)
-        _check_choice("masked_rows", self.masked_rows, MASKED_ROW_MODES)
-        fill = self.avail_fill_value
-        if isinstance(fill, str):
-            _check_choice("avail_fill_value", fill, NAMED_FILL_VALUES)
-        elif isinstance(fill, bool) or not isinstance(fill, (int, float)):
-            raise TypeError(
-                f"masks.avail_fill_value must be a number or one of {list(NAMED_FILL_VALUES)}, "
-                f"got {fill!r}"
-            )
-
-    def fill_value(self, dtype: torch.dtype) -> float:
-        fill = self.avail_fill_value
-        if fill == "pymarl":
-            return PYMARL_UNAVAILABLE_FILL
-        if fill == "finfo_min":
-            return torch.finfo(dtype).min
-        if fill == "-inf":
-            return float("-inf")
-        return float(fill)
+ALIVE_FIELD = "alive"
 
 
 def episode_end_flags(terminated: torch.Tensor, timeout: Optional[torch.Tensor], options: MaskOptions):
@@ -142,20 +72,45 @@ def build_step_mask(
     return mask
 
 
-def dead_agents(avail_actions: torch.Tensor) -> torch.Tensor:
-    """Bool ``[..., n_agents]``: SMAC gives a dead agent no-op (action 0) as its only action."""
-    avail = avail_actions.bool()
-    return avail[..., 0] & ~avail[..., 1:].any(dim=-1)
+def alive_from_noop_rule(avail_actions: torch.Tensor) -> torch.Tensor:
+    """Bool ``[..., n_agents]`` from avail ``[..., n_agents, n_actions]`` by SMAC's rule: an agent
+    is dead when no-op (action 0) is its only available action. The fallback for batches
+    without an ``alive`` field; rows with no available action at all count as alive."""
+    return ~(avail_actions[..., 0] & ~avail_actions[..., 1:].any(dim=-1))
 
 
-def build_agent_mask(step_mask: torch.Tensor, avail_actions: torch.Tensor, options: MaskOptions):
-    """Element mask for a per-agent loss ``[B, T-1, n_agents]`` (dead agent-steps removed when
+def build_agent_mask(step_mask: torch.Tensor, alive: torch.Tensor, options: MaskOptions) -> torch.Tensor:
+    """Element mask for a per-agent loss ``[B, T-1, n_agents]`` from the step mask ``[B, T-1, 1]``
+    and ``alive`` ``[B, T-1, n_agents]`` (dead agent-steps removed when
     ``dead_agents='agent_loss_mask'``)."""
-    n_agents = avail_actions.shape[2]
-    mask = step_mask.expand(-1, -1, n_agents)
     if options.dead_agents == "agent_loss_mask":
-        mask = mask & ~dead_agents(avail_actions[:, :-1])
-    return mask
+        return step_mask & alive
+    return step_mask.expand(-1, -1, alive.shape[2])
+
+
+@dataclass(frozen=True)
+class TransitionMasks:
+    """The mask rules applied to one batch of ``T`` rows: bool tensors over its ``T - 1``
+    transitions, and over its rows for ``alive``."""
+
+    step: torch.Tensor  # [B, T-1, 1]: the transitions in the loss
+    cuts_bootstrap: torch.Tensor  # [B, T-1, 1]: the target does not bootstrap
+    ends_episode: torch.Tensor  # [B, T-1, 1]: the episode's last transition
+    alive: torch.Tensor  # [B, T, n_agents]
+
+
+def build_transition_masks(batch, options: MaskOptions) -> TransitionMasks:
+    """The masks of an ``EpisodeBatch`` holding ``filled``, ``terminated``, ``avail_actions`` and
+    optionally ``timeout``, ``invalid`` and ``alive`` (bool ``[B, T, n_agents, 1]``)."""
+    timeout = batch["timeout"] if "timeout" in batch else None
+    invalid = batch["invalid"] if "invalid" in batch else None
+    cuts_bootstrap, ends_episode = episode_end_flags(batch["terminated"], timeout, options)
+    step = build_step_mask(batch["filled"], ends_episode, invalid, options)
+    if ALIVE_FIELD in batch:
+        alive = batch[ALIVE_FIELD][..., 0]
+    else:
+        alive = alive_from_noop_rule(batch["avail_actions"])
+    return TransitionMasks(step, cuts_bootstrap[:, :-1], ends_episode[:, :-1], alive)
 
 
 def transitions_read_by_targets(
@@ -186,15 +141,15 @@ def rows_needed_by_networks(
 
     A row is needed when its transition is in the loss, when it is the bootstrap state of a
     transition whose target is read (``transitions_read_by_targets``) and does not cut the
-    bootstrap, or when a later row of the same episode is needed (the recurrent state runs
-    through it). Every other row's inputs are replaced by zeros, so a NaN stored in padding or
-    after a terminal state reaches neither the loss nor the gradients (``0 * NaN`` in a
-    backward pass would).
+    bootstrap (``cuts_bootstrap`` per transition, ``[B, T-1, 1]``), or when a later row of the
+    same episode is needed (the recurrent state runs through it). Every other row's inputs are
+    replaced by zeros, so a NaN stored in padding or after a terminal state reaches neither the
+    loss nor the gradients (``0 * NaN`` in a backward pass would).
     """
     batch = step_mask.shape[0]
     direct = torch.zeros(batch, total_rows, 1, dtype=torch.bool, device=step_mask.device)
     direct[:, :-1] |= step_mask
-    direct[:, 1:] |= read & ~cuts_bootstrap[:, :-1].bool()
+    direct[:, 1:] |= read & ~cuts_bootstrap
     # Reverse cumulative "any": a row is needed if any row at or after it is.
     return direct.flip(1).cummax(dim=1).values.flip(1)
 

@@ -12,6 +12,10 @@ wrapped ``n_envs`` times in ``VectorisedEnvs`` by ``make_batched_env``; a
 
 Backends are imported lazily inside their factories: importing ``qmixlab.envs`` never imports
 the simulator or ``smac``.
+
+``env_arg_defaults(env)`` lists the keyword arguments a backend's constructor accepts, and
+``check_env_args(env, env_args)`` rejects a misspelled one (or, for smacsim, an unknown map)
+before anything is built.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import importlib
 import inspect
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .multiagentenv import BatchedMultiAgentEnv, MultiAgentEnv
 from .vectorised import VectorisedEnvs, derive_env_seeds, missing_batched_methods, missing_env_methods
@@ -39,6 +43,9 @@ class EnvEntry:
 
     factory: EnvFactory
     batched_factory: Optional[BatchedEnvFactory] = None
+    # () -> {keyword: default} of the env_args the backend accepts; None: read the factory's
+    # signature.
+    arg_defaults: Optional[Callable[[], Dict[str, Any]]] = None
 
 
 def _make_smacsim(**env_args) -> MultiAgentEnv:
@@ -59,10 +66,33 @@ def _make_sc2(**env_args) -> MultiAgentEnv:
     return SC2Env(**env_args)
 
 
+def _smacsim_arg_defaults() -> Dict[str, Any]:
+    from .smacsim.env import EXTRA_DEFAULTS, SMAC_DEFAULTS
+
+    return {"map_name": "8m", **SMAC_DEFAULTS, **EXTRA_DEFAULTS}
+
+
+def _sc2_arg_defaults() -> Dict[str, Any]:
+    """StarCraft2Env's keywords when SMAC is importable, else {} (anything is passed on)."""
+    from .sc2 import SC2SetupError, import_starcraft2env
+
+    try:
+        starcraft2env = import_starcraft2env()
+    except SC2SetupError:
+        return {}
+    defaults = _signature_defaults(starcraft2env)
+    if defaults is None:
+        return {}
+    return {"map_name": "8m", **defaults}
+
+
 _REGISTRY: Dict[str, EnvEntry] = {
-    "smacsim": EnvEntry(_make_smacsim, _make_batched_smacsim),
-    "sc2": EnvEntry(_make_sc2),
+    "smacsim": EnvEntry(_make_smacsim, _make_batched_smacsim, _smacsim_arg_defaults),
+    "sc2": EnvEntry(_make_sc2, arg_defaults=_sc2_arg_defaults),
 }
+
+# Passed by make_batched_env itself, never through env_args.
+_RUN_ARGS = ("seed", "n_envs")
 
 
 def register_env(
@@ -71,8 +101,12 @@ def register_env(
     batched_factory: Optional[BatchedEnvFactory] = None,
     *,
     overwrite: bool = False,
+    arg_defaults: Optional[Callable[[], Dict[str, Any]]] = None,
 ) -> None:
-    """Register a backend under ``name`` (no ``:``, which marks a ``module:Class`` path)."""
+    """Register a backend under ``name`` (no ``:``, which marks a ``module:Class`` path).
+
+    ``arg_defaults()`` returns the env_args the backend accepts with their defaults, for a
+    factory whose signature does not say (``**kwargs``); by default the signature is read."""
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(
             f"environment name must be a non-empty string without ':' (reserved for "
@@ -82,9 +116,108 @@ def register_env(
         raise TypeError(f"factory for environment {name!r} must be callable, got {factory!r}")
     if batched_factory is not None and not callable(batched_factory):
         raise TypeError(f"batched_factory for environment {name!r} must be callable, got {batched_factory!r}")
+    if arg_defaults is not None and not callable(arg_defaults):
+        raise TypeError(f"arg_defaults for environment {name!r} must be callable, got {arg_defaults!r}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"environment {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = EnvEntry(factory, batched_factory)
+    _REGISTRY[name] = EnvEntry(factory, batched_factory, arg_defaults)
+
+
+def env_arg_defaults(env: str) -> Dict[str, Any]:
+    """The keyword arguments backend ``env`` accepts in ``env_args``, with their defaults.
+
+    ``seed`` and ``n_envs`` (set by the run) and parameters without a default are left out;
+    ``{}`` when the constructor takes only ``**kwargs``. Reads signatures only (smacsim: its
+    SMAC options): nothing is built and StarCraft II is never started.
+    """
+    defaults, _, _ = _accepted_args(env)
+    return dict(defaults)
+
+
+def check_env_args(env: str, env_args: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first env_args key backend ``env`` does not accept (with
+    the closest accepted key and the full list), a missing required one, or, for smacsim, an
+    unknown ``map_name``. Backends taking ``**kwargs`` accept any key."""
+    if not isinstance(env_args, Mapping):
+        raise ValueError(f"env_args must be a mapping, got {type(env_args).__name__}")
+    defaults, required, open_ended = _accepted_args(env)
+    for key in env_args:
+        if key in _RUN_ARGS:
+            raise ValueError(
+                f"env_args.{key} is not an environment argument for {env!r}: the run passes "
+                f"{key} itself (set the run's {'seed' if key == 'seed' else 'batch_size_run'})"
+            )
+    accepted = sorted(set(defaults) | set(required))
+    if not open_ended:
+        for key in env_args:
+            if key not in accepted:
+                close = difflib.get_close_matches(str(key), accepted, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"unknown env_args key {key!r} for environment {env!r}{hint} Accepted keys: "
+                    f"{', '.join(accepted) or '(none)'}"
+                )
+    missing = [key for key in required if key not in env_args]
+    if missing:
+        raise ValueError(
+            f"environment {env!r} needs env_args {', '.join(repr(k) for k in missing)} (its constructor "
+            f"has no default for them); accepted keys: {', '.join(accepted)}"
+        )
+    if env == "smacsim" and "map_name" in env_args:
+        from .smacsim.maps import MAPS
+
+        map_name = env_args["map_name"]
+        if map_name not in MAPS:
+            known = sorted(MAPS)
+            close = difflib.get_close_matches(str(map_name), known, n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown map {map_name!r} for smacsim{hint} Known maps: {', '.join(known)}")
+
+
+def _accepted_args(env: str):
+    """``(defaults, required names, accepts **kwargs)`` of backend ``env``'s env_args."""
+    if _is_path(env):
+        target = _import_target(env)
+    else:
+        entry = _lookup(env)
+        if entry.arg_defaults is not None:
+            defaults = dict(entry.arg_defaults())
+            return defaults, [], not defaults
+        target = entry.factory
+    signature = _signature(target)
+    if signature is None:
+        return {}, [], True
+    defaults: Dict[str, Any] = {}
+    required: List[str] = []
+    open_ended = False
+    for param in signature.parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            open_ended = True
+        elif param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            if param.name in _RUN_ARGS:
+                continue
+            if param.default is inspect.Parameter.empty:
+                required.append(param.name)
+            else:
+                defaults[param.name] = param.default
+    return defaults, required, open_ended
+
+
+def _signature(target) -> Optional[inspect.Signature]:
+    try:
+        return inspect.signature(target)
+    except (TypeError, ValueError):  # no introspectable signature: accept anything
+        return None
+
+
+def _signature_defaults(target) -> Optional[Dict[str, Any]]:
+    signature = _signature(target)
+    if signature is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return {
+        p.name: p.default for p in signature.parameters.values()
+        if p.default is not inspect.Parameter.empty and p.name not in _RUN_ARGS
+    }
 
 
 def known_envs() -> List[str]:

@@ -11,7 +11,11 @@ counter either way). What the adapter adds:
 * a check that StarCraft II and the SMAC map exist *before* ``StarCraft2Env`` is built, instead
   of a pysc2 failure at the first ``reset()``;
 * ``get_stats()`` that does not raise before the first battle ends (SMAC divides by
-  ``battles_game``).
+  ``battles_game``);
+* ``get_spec()``: SMAC's sizes and layouts, no-op 0 for dead agents, and the step flag
+  ``"invalid"`` (the batched wrapper flags crashed and relaunched games with it);
+* a ``ValueError`` when an ended episode is stepped without ``reset()`` (SMAC would silently
+  step the finished game; qmixlab's contract, ``docs/environments.md``, asks for an error).
 
 The game itself is never needed to import this module or to run its tests.
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from .multiagentenv import MultiAgentEnv
+from .spec import EnvSpec, smac_layouts
 
 SMAC_INSTALL = "pip install git+https://github.com/oxwhirl/smac.git"
 SC2_DOWNLOAD = "https://github.com/Blizzard/s2client-proto#downloads"
@@ -135,16 +140,23 @@ class SC2Env(MultiAgentEnv):
         starcraft2env = import_starcraft2env()
         find_sc2(map_name)  # before StarCraft2Env is built
         self.env = starcraft2env(map_name=map_name, **smac_kwargs)
+        self._smac_kwargs = dict(smac_kwargs)
+        self._episode_over = False
         self.map_name = map_name
         self.n_agents = self.env.n_agents
         self.n_enemies = self.env.n_enemies
         self.episode_limit = self.env.episode_limit
 
     def reset(self):
+        self._episode_over = False
         return self.env.reset()
 
     def step(self, actions):
-        return self.env.step(actions)
+        if self._episode_over:
+            raise ValueError("SC2Env: the episode has ended; call reset() before step()")
+        reward, terminated, info = self.env.step(actions)
+        self._episode_over = bool(terminated)
+        return reward, terminated, info
 
     def get_obs(self):
         return self.env.get_obs()
@@ -172,6 +184,26 @@ class SC2Env(MultiAgentEnv):
 
     def get_env_info(self) -> dict:
         return self.env.get_env_info()
+
+    def get_spec(self) -> EnvSpec:
+        info = self.env.get_env_info()
+        n_agents, n_actions = int(info["n_agents"]), int(info["n_actions"])
+
+        def option(name: str, smac_default: bool) -> bool:
+            return bool(getattr(self.env, name, self._smac_kwargs.get(name, smac_default)))
+
+        obs_layout, state_layout, last_action_block = smac_layouts(
+            self.env, n_agents, n_actions, int(info["obs_shape"]), int(info["state_shape"]),
+            obs_instead_of_state=option("obs_instead_of_state", False),
+            state_last_action=option("state_last_action", True),
+            state_timestep_number=option("state_timestep_number", False),
+        )
+        return EnvSpec(
+            n_agents=n_agents, n_actions=n_actions, obs_shape=int(info["obs_shape"]),
+            state_shape=int(info["state_shape"]), episode_limit=int(info["episode_limit"]),
+            step_flags=("invalid",), noop_action=0, obs_layout=obs_layout,
+            state_layout=state_layout, state_last_action=last_action_block,
+        )
 
     def get_stats(self) -> dict:
         try:

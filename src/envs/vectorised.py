@@ -3,7 +3,21 @@
 Backends without a native batched form (real SMAC through ``SC2Env``, user classes) are wrapped
 here. The environments are stepped one after another in this process; the wrapper's job is to
 turn SMAC's per-env lists and ``(reward, terminated, info)`` tuples into the arrays of
-``BatchedMultiAgentEnv``, and to check actions before any environment sees them.
+``BatchedMultiAgentEnv``, and to check actions before any environment sees them. The arrays a
+per-env environment hands out are borrowed (``docs/environments.md``): the wrapper copies them
+once, into its own ``[n_envs, ...]`` staging arrays, and its getters return read-only views of
+those (valid until the next ``step``/``reset``).
+
+Declarations: the wrapper's ``get_spec()`` is the wrapped environments' spec (their
+``get_spec()``, or ``get_env_info()`` plus class attributes) with the flag ``"invalid"`` always
+declared, since the wrapper itself flags crashed steps (rule 2), plus every flag of
+``info_flags``. A declared flag ``name`` is read from ``info[name]`` each step (missing: False);
+``info_flags`` maps other info keys onto flags (default: ``invalid_step`` -> ``invalid``).
+An environment declaring ``auto_reset`` starts its next episode inside ``step``; it hands the
+finished episode's last arrays over in ``info["final_obs"]``, ``info["final_state"]``,
+``info["final_avail_actions"]`` (and ``info["final_alive"]`` with ``provides_alive``), which
+the wrapper passes on as ``BatchedStep.final_*``; such an environment may be stepped again
+without ``reset``.
 
 How an episode end is classified (the timeout rule)
 ---------------------------------------------------
@@ -16,7 +30,7 @@ the first rule that applies decides:
 1. ``info["episode_limit"]`` is true: timeout (``terminated=False``).
 2. ``terminated`` and the env's ``get_stats()`` has a ``restarts`` counter that grew during this
    step: the game crashed and was relaunched (real SMAC then returns ``(0, True, {})``). The
-   episode is over (``terminated=True``) and the step is flagged ``extra["invalid"]``: it is not
+   episode is over (``terminated=True``) and the step is flagged ``flags["invalid"]``: it is not
    a real transition and every loss term must mask it.
 3. ``terminated`` and ``get_stats()`` has a ``timeouts`` counter: timeout if and only if the
    counter grew during this step. Real SMAC counts every timeout whatever ``continuing_episode``
@@ -27,7 +41,8 @@ the first rule that applies decides:
    "only medivacs left") or any other non-battle terminal state reached on exactly the last
    step is counted as a timeout.
 5. Not ``terminated`` but ``t >= episode_limit``: the wrapper ends the episode as a timeout,
-   so that no episode is longer than the ``episode_limit`` the buffers are sized by.
+   so that no episode is longer than the ``episode_limit`` the buffers are sized by, and warns
+   once (the environment breaks the contract: it must end its episodes by then).
 
 Counters are read with ``get_stats()`` after each reset and on each step that ends an episode.
 Real SMAC's ``get_stats()`` divides by the number of finished battles and raises
@@ -39,11 +54,13 @@ real SMAC always gets rules 2-3.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .multiagentenv import BatchedMultiAgentEnv, BatchedStep, MultiAgentEnv
+from .spec import EnvSpec, spec_of
 
 # Methods a per-env backend must provide, and those MultiAgentEnv's default get_env_info calls.
 REQUIRED_ENV_METHODS = ("reset", "step", "get_obs", "get_state", "get_avail_actions", "get_env_info")
@@ -51,10 +68,12 @@ ENV_INFO_METHODS = ("get_obs_size", "get_state_size", "get_total_actions")
 REQUIRED_BATCHED_METHODS = ("reset", "step", "get_obs", "get_state", "get_avail_actions", "get_env_info")
 ENV_INFO_KEYS = ("state_shape", "obs_shape", "n_actions", "n_agents", "episode_limit")
 
-# Per-env info flags copied into BatchedStep.extra (info key -> extra key).
+# Legacy per-env info keys copied into BatchedStep.flags (info key -> flag name).
 DEFAULT_INFO_FLAGS: Mapping[str, str] = {"invalid_step": "invalid"}
 
 _COUNTER_KEYS = ("timeouts", "restarts")
+# Keys an auto-resetting per-env environment puts in info when its episode ends.
+FINAL_INFO_KEYS = ("final_obs", "final_state", "final_avail_actions")
 
 
 def _raises_not_implemented(base: type, name: str) -> bool:
@@ -80,8 +99,11 @@ def missing_env_methods(cls: type) -> List[str]:
 
 
 def missing_batched_methods(cls: type) -> List[str]:
-    """Names of the ``BatchedMultiAgentEnv`` methods ``cls`` does not implement."""
-    return [n for n in REQUIRED_BATCHED_METHODS if not _implements(cls, n, BatchedMultiAgentEnv)]
+    """Names of the ``BatchedMultiAgentEnv`` methods ``cls`` does not implement (its own
+    ``get_spec`` stands in for ``get_env_info``)."""
+    has_spec = getattr(cls, "get_spec", None) not in (None, BatchedMultiAgentEnv.__dict__["get_spec"])
+    return [n for n in REQUIRED_BATCHED_METHODS
+            if not _implements(cls, n, BatchedMultiAgentEnv) and not (n == "get_env_info" and has_spec)]
 
 
 def derive_env_seeds(seed: Optional[int], n_envs: int) -> List[Optional[int]]:
@@ -146,12 +168,18 @@ def aggregate_stats(all_stats: Sequence[Mapping]) -> dict:
     return merged
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 class VectorisedEnvs(BatchedMultiAgentEnv):
     """``n_envs`` SMAC-API environments behind the ``BatchedMultiAgentEnv`` array contract.
 
-    ``info_flags`` maps per-env info keys to ``BatchedStep.extra`` keys; each listed flag is
-    always present in ``extra`` as a bool ``[n_envs]`` array (default: ``invalid_step`` ->
-    ``invalid``). See the module docstring for the terminated/timeout rule.
+    ``info_flags`` maps per-env info keys to flag names; each flag is declared in the spec and
+    always present in ``BatchedStep.flags`` as a bool ``[n_envs]`` array (default:
+    ``invalid_step`` -> ``invalid``). See the module docstring for the terminated/timeout rule.
     """
 
     def __init__(self, envs: Sequence[MultiAgentEnv], info_flags: Mapping[str, str] = DEFAULT_INFO_FLAGS):
@@ -179,23 +207,43 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                         f"environments disagree on {key}: environment 0 has {infos[0][key]!r}, "
                         f"environment {i} has {info[key]!r}"
                     )
+        specs = [spec_of(env) for env in envs]
+        for i, spec in enumerate(specs):
+            if spec != specs[0]:
+                raise ValueError(f"environments disagree on their spec: environment 0 has {specs[0]}, "
+                                 f"environment {i} has {spec}")
+        base = specs[0]
+        for key in ENV_INFO_KEYS:
+            if getattr(base, key) != infos[0][key]:
+                raise ValueError(
+                    f"{type(envs[0]).__qualname__}: get_spec().{key}={getattr(base, key)!r} but "
+                    f"get_env_info()[{key!r}]={infos[0][key]!r}"
+                )
         self._envs = envs
         self._env_info = dict(infos[0])
-        self._info_flags = dict(info_flags)
+        # flag name -> info keys it is read from
+        self._flag_sources: Dict[str, List[str]] = {flag: [flag] for flag in base.step_flags}
+        for info_key, flag in dict(info_flags).items():
+            self._flag_sources.setdefault(flag, []).append(info_key)
+        self._flag_sources.setdefault("invalid", [])  # crashed steps (rule 2)
+        self._spec = base.replace(step_flags=tuple(self._flag_sources))
         self.n_envs = len(envs)
-        self.n_agents = int(self._env_info["n_agents"])
-        self.n_actions = int(self._env_info["n_actions"])
-        self.episode_limit = int(self._env_info["episode_limit"])
-        self.obs_dim = int(self._env_info["obs_shape"])
-        self.state_dim = int(self._env_info["state_shape"])
+        self.n_agents = base.n_agents
+        self.n_actions = base.n_actions
+        self.episode_limit = base.episode_limit
+        self.obs_dim = base.obs_shape
+        self.state_dim = base.state_shape
 
         n = self.n_envs
         self._obs = np.zeros((n, self.n_agents, self.obs_dim), dtype=np.float32)
         self._state = np.zeros((n, self.state_dim), dtype=np.float32)
         self._avail = np.zeros((n, self.n_agents, self.n_actions), dtype=bool)
+        self._alive = np.ones((n, self.n_agents), dtype=bool)
+        self._views = tuple(_read_only(a) for a in (self._obs, self._state, self._avail, self._alive))
         self._episode_steps = np.zeros(n, dtype=np.int64)
         self._needs_reset = np.ones(n, dtype=bool)  # never reset, or episode ended
         self._counters: List[Optional[Dict[str, int]]] = [None] * n
+        self._warned_cut = False
         self._closed = False
 
     @property
@@ -207,6 +255,9 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
     def episode_steps(self) -> np.ndarray:
         """Steps taken in each environment's current episode, ``[n_envs]`` int."""
         return self._episode_steps.copy()
+
+    def get_spec(self) -> EnvSpec:
+        return self._spec
 
     # ----------------------------------------------------------------------------- reset
     def reset(self, env_ids: Optional[np.ndarray] = None) -> None:
@@ -244,12 +295,15 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
         n = self.n_envs
         reward = np.zeros(n, dtype=np.float32)
         terminated = np.zeros(n, dtype=bool)
-        timeout = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
         battle_won = np.zeros(n, dtype=bool)
         dead_allies = np.zeros(n, dtype=np.int64)
         dead_enemies = np.zeros(n, dtype=np.int64)
-        extra = {key: np.zeros(n, dtype=bool) for key in self._info_flags.values()}
-        extra.setdefault("invalid", np.zeros(n, dtype=bool))
+        flags = {name: np.zeros(n, dtype=bool) for name in self._flag_sources}
+        finals = None
+        if self._spec.auto_reset:
+            finals = (np.zeros_like(self._obs), np.zeros_like(self._state), np.zeros_like(self._avail),
+                      np.zeros_like(self._alive))
 
         for i in active_ids:
             env = self._envs[i]
@@ -265,26 +319,34 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
 
             reward[i] = float(r)
             terminated[i] = term_i
-            timeout[i] = timeout_i
+            truncated[i] = timeout_i
             battle_won[i] = bool(info.get("battle_won", False))
             dead_allies[i] = int(info.get("dead_allies", 0))
             dead_enemies[i] = int(info.get("dead_enemies", 0))
-            for info_key, extra_key in self._info_flags.items():
-                extra[extra_key][i] |= bool(info.get(info_key, False))
-            extra["invalid"][i] |= crashed
-            if term_i or timeout_i:
+            for flag, info_keys in self._flag_sources.items():
+                flags[flag][i] = any(bool(info.get(key, False)) for key in info_keys)
+            flags["invalid"][i] |= crashed
+            if not (term_i or timeout_i):
+                self._read_arrays(i)
+            elif finals is not None and env_terminated:
+                # The env started its next episode inside step: the final arrays come in info.
+                self._read_final_arrays(i, info, finals)
+                self._episode_steps[i] = 0
+                self._counters[i] = _read_counters(env)
+                self._read_arrays(i)
+            else:
                 self._needs_reset[i] = True
-            self._read_arrays(i)
+                self._read_arrays(i)
+                if finals is not None:  # cut by rule 5: the current arrays are the final ones
+                    for final, current in zip(finals, (self._obs, self._state, self._avail, self._alive)):
+                        final[i] = current[i]
 
-        return BatchedStep(
-            reward=reward,
-            terminated=terminated,
-            timeout=timeout,
-            battle_won=battle_won,
-            dead_allies=dead_allies,
-            dead_enemies=dead_enemies,
-            extra=extra,
-        )
+        step = BatchedStep(reward, terminated, truncated, battle_won, dead_allies, dead_enemies, flags)
+        if finals is not None:
+            step.final_obs, step.final_state, step.final_avail_actions = finals[:3]
+            if self._spec.provides_alive:
+                step.alive = np.where((terminated | truncated)[:, None], finals[3], self._alive)
+        return step
 
     def _check_step_inputs(self, actions, active):
         """Validate everything before any environment is advanced, so a bad call changes nothing."""
@@ -345,7 +407,10 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
         if info.get("episode_limit", False):  # rule 1
             return False, True, False
         if not env_terminated:
-            return False, t >= self.episode_limit, False  # rule 5 (or the episode goes on)
+            if t >= self.episode_limit:  # rule 5
+                self._warn_cut(i)
+                return False, True, False
+            return False, False, False
 
         before = self._counters[i]
         after = _read_counters(self._envs[i])
@@ -362,40 +427,91 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
         )
         return not timed_out, timed_out, False
 
+    def _warn_cut(self, i: int) -> None:
+        if self._warned_cut:
+            return
+        self._warned_cut = True
+        warnings.warn(
+            f"environment {i} ({type(self._envs[i]).__qualname__}) did not end its episode within "
+            f"episode_limit={self.episode_limit} steps; VectorisedEnvs cut it there as truncated. "
+            "An environment must report the time limit on step episode_limit (docs/environments.md; "
+            "run `qmixlab check-env` to see every contract problem).",
+            stacklevel=3,
+        )
+
     def _read_arrays(self, i: int) -> None:
+        """Copy environment ``i``'s borrowed arrays into the staging rows (the one copy)."""
         env = self._envs[i]
-        obs = np.asarray(env.get_obs(), dtype=np.float32)
+        self._obs[i], self._state[i], self._avail[i] = self._checked_arrays(
+            i, env.get_obs(), env.get_state(), env.get_avail_actions(),
+            ("get_obs()", "get_state()", "get_avail_actions()"))
+        if self._spec.provides_alive:
+            self._alive[i] = self._checked_alive(i, env.get_alive_agents(), "get_alive_agents()")
+
+    def _read_final_arrays(self, i: int, info: Mapping, finals) -> None:
+        keys = FINAL_INFO_KEYS + (("final_alive",) if self._spec.provides_alive else ())
+        missing = [key for key in keys if key not in info]
+        if missing:
+            raise ValueError(
+                f"environment {i} ({type(self._envs[i]).__qualname__}) declares auto_reset but its "
+                f"info at the end of an episode lacks {', '.join(missing)}: an auto-resetting env "
+                "must hand over the finished episode's last arrays (docs/environments.md)"
+            )
+        finals[0][i], finals[1][i], finals[2][i] = self._checked_arrays(
+            i, info["final_obs"], info["final_state"], info["final_avail_actions"],
+            tuple(f"info[{key!r}]" for key in FINAL_INFO_KEYS))
+        if self._spec.provides_alive:
+            finals[3][i] = self._checked_alive(i, info["final_alive"], "info['final_alive']")
+
+    def _checked_arrays(self, i: int, obs, state, avail, sources):
+        obs = np.asarray(obs, dtype=np.float32)
         if obs.shape != (self.n_agents, self.obs_dim):
             raise ValueError(
-                f"environment {i}: get_obs() has shape {obs.shape}, expected "
+                f"environment {i}: {sources[0]} has shape {obs.shape}, expected "
                 f"(n_agents, obs_shape) = {(self.n_agents, self.obs_dim)}"
             )
-        state = np.asarray(env.get_state(), dtype=np.float32)
+        state = np.asarray(state, dtype=np.float32)
         if state.shape != (self.state_dim,):
             raise ValueError(
-                f"environment {i}: get_state() has shape {state.shape}, expected ({self.state_dim},)"
+                f"environment {i}: {sources[1]} has shape {state.shape}, expected ({self.state_dim},)"
             )
-        avail = np.asarray(env.get_avail_actions())
+        avail = np.asarray(avail)
         if avail.shape != (self.n_agents, self.n_actions):
             raise ValueError(
-                f"environment {i}: get_avail_actions() has shape {avail.shape}, expected "
+                f"environment {i}: {sources[2]} has shape {avail.shape}, expected "
                 f"(n_agents, n_actions) = {(self.n_agents, self.n_actions)}"
             )
         if avail.dtype != bool and not np.all((avail == 0) | (avail == 1)):
-            raise ValueError(f"environment {i}: get_avail_actions() must hold only 0/1, got {avail.tolist()}")
-        self._obs[i] = obs
-        self._state[i] = state
-        self._avail[i] = avail != 0
+            raise ValueError(f"environment {i}: {sources[2]} must hold only 0/1, got {avail.tolist()}")
+        return obs, state, avail != 0
+
+    def _checked_alive(self, i: int, alive, source: str) -> np.ndarray:
+        alive = np.asarray(alive)
+        if alive.shape != (self.n_agents,) or (alive.dtype != bool and not np.all((alive == 0) | (alive == 1))):
+            raise ValueError(
+                f"environment {i}: {source} must be {self.n_agents} bools (one per agent), got "
+                f"{alive.tolist()}"
+            )
+        return alive != 0
 
     # --------------------------------------------------------------------------- getters
     def get_obs(self) -> np.ndarray:
-        return self._obs.copy()
+        """Read-only view ``[n_envs, n_agents, obs_dim]``, valid until the next step/reset."""
+        return self._views[0]
 
     def get_state(self) -> np.ndarray:
-        return self._state.copy()
+        return self._views[1]
 
     def get_avail_actions(self) -> np.ndarray:
-        return self._avail.copy()
+        return self._views[2]
+
+    def get_alive_agents(self) -> np.ndarray:
+        """Bool ``[n_envs, n_agents]`` from the wrapped envs (only with ``provides_alive``)."""
+        if not self._spec.provides_alive:
+            raise AttributeError(
+                "get_alive_agents: the wrapped environments do not declare provides_alive"
+            )
+        return self._views[3]
 
     def get_env_info(self) -> dict:
         return dict(self._env_info)
@@ -411,6 +527,24 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
             except ZeroDivisionError:  # real SMAC before its first finished battle: nothing to add
                 continue
         return aggregate_stats(all_stats)
+
+    # ----------------------------------------------------------------------- rng hooks
+    def get_rng_state(self) -> Optional[list]:
+        """Every wrapped env's ``get_rng_state()``, or None when any of them lacks the hook."""
+        if not all(callable(getattr(env, "get_rng_state", None)) for env in self._envs):
+            return None
+        return [env.get_rng_state() for env in self._envs]
+
+    def set_rng_state(self, states: Optional[list]) -> None:
+        if states is None:
+            return
+        if len(states) != self.n_envs:
+            raise ValueError(f"got random states for {len(states)} environments, expected {self.n_envs}")
+        missing = [i for i, env in enumerate(self._envs) if not callable(getattr(env, "set_rng_state", None))]
+        if missing:
+            raise ValueError(f"environments {missing} have no set_rng_state(); cannot restore their random state")
+        for env, state in zip(self._envs, states):
+            env.set_rng_state(state)
 
     def close(self) -> None:
         if self._closed:

@@ -56,7 +56,7 @@ class QMixer(nn.Module):
 
     HYPERNET_LAYERS = (1, 2)
 
-    def __init__(self, n_agents: int, state_dim: int, mixing_embed_dim: int = 32, hypernet_layers: int = 1,
+    def __init__(self, n_agents: int, state_dim: int, mixing_embed_dim: int = 32, hypernet_layers: int = 2,
                  hypernet_embed: int = 64):
         super().__init__()
         self.n_agents = _positive_int("QMixer", "n_agents", n_agents)
@@ -98,9 +98,10 @@ MIXER_NAMES = (None, "none", "vdn", "qmix")
 
 
 def build_mixer(name: Optional[str], n_agents: int, state_dim: int, mixing_embed_dim: int = 32,
-                hypernet_layers: int = 1, hypernet_embed: int = 64) -> Optional[nn.Module]:
+                hypernet_layers: int = 2, hypernet_embed: int = 64) -> Optional[nn.Module]:
     """The mixer called ``name``: None or "none" (independent learners: returns None), "vdn" or
-    "qmix". The embedding arguments are used by QMIX only."""
+    "qmix". The embedding arguments are used by QMIX only; their defaults are
+    ``config/default.yaml``'s ``mixer:`` section (PyMARL's and pymarl2's QMIX)."""
     if name is None or name == "none":
         return None
     if name == "vdn":

@@ -12,7 +12,7 @@ SMAC's), simulated in sub-ticks of 4 loops. Weapon ranges are edge-to-edge (cent
 both radii); SMAC's availability radius (6) and sight (9) are centre distances. See ``engine.py``
 for the combat rules and ``features.py`` for the observation/state layout.
 
-Constructor options (SMAC's names and defaults, spec smac.md section 2):
+Constructor options (SMAC's names and defaults, ``docs/smac.md`` section 2):
 
 * implemented: step_mul, move_amount, seed, continuing_episode, obs_all_health, obs_own_health,
   obs_last_action, obs_pathing_grid, obs_terrain_height (simple versions, see features.py),
@@ -23,9 +23,9 @@ Constructor options (SMAC's names and defaults, spec smac.md section 2):
 * accepted, no effect: replay_dir, replay_prefix (no replays exist; ``save_replay`` is a no-op
   and a warning says so when a directory is given).
 * only the default accepted (anything else raises ``ValueError``): difficulty="7" (the opponent
-  is the scripted attack-move AI of spec section 9), game_version=None, heuristic_rest=False.
-* extra: ``flag_invalid_steps=False``. When True, a step is flagged invalid
-  (``BatchedStep.extra["invalid"]``, ``info["invalid_step"]``) if every ally alive at the start
+  is the scripted attack-move AI of docs/smac.md section 9), game_version=None, heuristic_rest=False.
+* extra: ``flag_invalid_steps=False``. When True, the spec declares the step flag ``"invalid"``
+  and a step is flagged (``BatchedStep.flags["invalid"]``, ``info["invalid_step"]``) if every ally alive at the start
   of the step was ordered to stop (action 1) and the allies lost health or shields during it.
 
 Stats: ``battles_draw`` counts episodes where both teams died on the same step (real SMAC
@@ -42,6 +42,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..multiagentenv import BatchedMultiAgentEnv, BatchedStep, MultiAgentEnv
+from ..spec import EnvSpec, smac_layouts
 from .engine import CombatEngine
 from .features import FeatureBuilder, FeatureFlags
 from .maps import get_map
@@ -77,7 +78,7 @@ def resolve_options(kwargs: Dict[str, object]) -> Dict[str, object]:
             raise TypeError(f"Option {k!r} must be a bool, got {opts[k]!r}.")
     if str(opts["difficulty"]) != "7":
         raise ValueError(f"difficulty={opts['difficulty']!r} is not supported: smacsim has one "
-                         "scripted opponent (spec section 9); leave difficulty at '7'.")
+                         "scripted opponent (docs/smac.md section 9); leave difficulty at '7'.")
     if opts["game_version"] is not None:
         raise ValueError(f"game_version={opts['game_version']!r} needs the real StarCraft II; "
                          "smacsim only accepts game_version=None.")
@@ -244,20 +245,20 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
             self.battles_draw += int(draw.sum())
             self.timeouts += int(timeout.sum())
 
-        extra: Dict[str, np.ndarray] = {}
+        flags: Dict[str, np.ndarray] = {}
         if o["flag_invalid_steps"]:
             live = alive0[:, :na]
             all_stop = ((actions == 1) | ~live).all(1) & live.any(1)
             hurt = (e.damage_taken[:, :na] > 0).any(1)
-            extra["invalid"] = active & all_stop & hurt
+            flags["invalid"] = active & all_stop & hurt
         dead_allies = (~alive1[:, :na]).sum(1) * active
         dead_enemies = (~alive1[:, na:]).sum(1) * active
         self._invalidate()
         if o["debug"]:
             log.debug("actions=%s reward=%s terminated=%s timeout=%s", actions.tolist(),
                       reward.tolist(), terminated.tolist(), timeout.tolist())
-        return BatchedStep(reward=reward, terminated=terminated, timeout=timeout, battle_won=won,
-                           dead_allies=dead_allies, dead_enemies=dead_enemies, extra=extra)
+        return BatchedStep(reward=reward, terminated=terminated, truncated=timeout, battle_won=won,
+                           dead_allies=dead_allies, dead_enemies=dead_enemies, flags=flags)
 
     def _reward(self, lost: np.ndarray, died: np.ndarray) -> np.ndarray:
         """SMAC's dense reward before the win/defeat bonus and scaling, ``[B]`` float64."""
@@ -309,8 +310,44 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
             "episode_limit": self.episode_limit,
         }
         if self.opts["flag_invalid_steps"]:
-            info["flags_invalid_steps"] = True  # the runner then stores BatchedStep.extra["invalid"]
+            info["flags_invalid_steps"] = True  # legacy form of the spec's step_flags=("invalid",)
         return info
+
+    def get_spec(self) -> EnvSpec:
+        """Sizes, the ``"invalid"`` flag when ``flag_invalid_steps``, SMAC's no-op (0) for dead
+        agents, and SMAC's observation/state layout."""
+        o = self.opts
+        obs_layout, state_layout, last_action_block = smac_layouts(
+            self, self.n_agents, self.n_actions, self.obs_size, self.state_size,
+            obs_instead_of_state=bool(o["obs_instead_of_state"]),
+            state_last_action=bool(o["state_last_action"]),
+            state_timestep_number=bool(o["state_timestep_number"]),
+        )
+        return EnvSpec(
+            n_agents=self.n_agents, n_actions=self.n_actions, obs_shape=self.obs_size,
+            state_shape=self.state_size, episode_limit=self.episode_limit,
+            step_flags=("invalid",) if o["flag_invalid_steps"] else (), noop_action=0,
+            obs_layout=obs_layout, state_layout=state_layout, state_last_action=last_action_block,
+        )
+
+    # SMAC's feature-size methods (own features include the timestep, as in SMAC).
+    def get_obs_move_feats_size(self) -> int:
+        return self.features.move_dim
+
+    def get_obs_enemy_feats_size(self):
+        return self.n_enemies, self.features.nf_en
+
+    def get_obs_ally_feats_size(self):
+        return self.n_agents - 1, self.features.nf_al
+
+    def get_obs_own_feats_size(self) -> int:
+        return self.features.own_dim + int(bool(self.opts["obs_timestep_number"]))
+
+    def get_ally_num_attributes(self) -> int:
+        return self.features.st_al
+
+    def get_enemy_num_attributes(self) -> int:
+        return self.features.st_en
 
     def get_stats(self) -> dict:
         return {
@@ -436,11 +473,11 @@ class SMACSim(MultiAgentEnv):
             "dead_allies": int(out.dead_allies[0]),
             "dead_enemies": int(out.dead_enemies[0]),
         }
-        if out.timeout[0] and self.continuing_episode:
+        if out.truncated[0] and self.continuing_episode:
             info["episode_limit"] = True
-        if "invalid" in out.extra:
-            info["invalid_step"] = bool(out.extra["invalid"][0])
-        return float(out.reward[0]), bool(out.terminated[0] or out.timeout[0]), info
+        if "invalid" in out.flags:
+            info["invalid_step"] = bool(out.flags["invalid"][0])
+        return float(out.reward[0]), bool(out.terminated[0] or out.truncated[0]), info
 
     def get_obs(self) -> List[np.ndarray]:
         return list(self.batched.get_obs()[0])
@@ -466,8 +503,35 @@ class SMACSim(MultiAgentEnv):
     def get_total_actions(self) -> int:
         return self.n_actions
 
+    def get_spec(self) -> EnvSpec:
+        return self.batched.get_spec()
+
+    def get_obs_move_feats_size(self) -> int:
+        return self.batched.get_obs_move_feats_size()
+
+    def get_obs_enemy_feats_size(self):
+        return self.batched.get_obs_enemy_feats_size()
+
+    def get_obs_ally_feats_size(self):
+        return self.batched.get_obs_ally_feats_size()
+
+    def get_obs_own_feats_size(self) -> int:
+        return self.batched.get_obs_own_feats_size()
+
+    def get_ally_num_attributes(self) -> int:
+        return self.batched.get_ally_num_attributes()
+
+    def get_enemy_num_attributes(self) -> int:
+        return self.batched.get_enemy_num_attributes()
+
     def get_stats(self) -> dict:
         return self.batched.get_stats()
+
+    def get_rng_state(self) -> list:
+        return self.batched.get_rng_state()
+
+    def set_rng_state(self, states: list) -> None:
+        self.batched.set_rng_state(states)
 
     def heuristic_actions(self) -> List[int]:
         return self.batched.heuristic_actions()[0].tolist()

@@ -1,4 +1,4 @@
-"""Observation, state and available-action arrays in SMAC's layout (spec smac.md sections 3-5).
+"""Observation, state and available-action arrays in SMAC's layout (``docs/smac.md`` sections 3-5).
 
 Everything is computed for all environments and agents at once from the engine's arrays.
 

@@ -1,4 +1,4 @@
-"""The SMAC maps (spec smac.md section 7): unit lists, ordering quirks, limits, layouts, terrain.
+"""The SMAC maps (``docs/smac.md`` section 7): unit lists, ordering quirks, limits, layouts, terrain.
 
 Layout facts (32 x 32 playable area, allies around (9, 16), enemies around (23, 16), enemies
 attack-moving to the allies' spawn) follow the public SC2-free re-implementations; the terrain of

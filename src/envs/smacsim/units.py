@@ -1,4 +1,4 @@
-"""Unit data for the embedded simulator (spec smac.md sections 5 and 8).
+"""Unit data for the embedded simulator (``docs/smac.md`` sections 5 and 8).
 
 All times are in "Faster" game seconds (22.4 game loops per second), the time base of real SMAC.
 Distances are in map cells. Weapon ranges are edge-to-edge (centre distance minus both radii),
@@ -53,7 +53,7 @@ class UnitType:
     speed: float  # cells per second
     radius: float
     attributes: FrozenSet[str]
-    max_cooldown_loops: float  # SMAC's state normalisation constant (spec section 5)
+    max_cooldown_loops: float  # SMAC's state normalisation constant (docs/smac.md section 5)
     is_air: bool = False
     can_attack_air: bool = False
     cliff_walker: bool = False  # walks over cliffs (colossus)

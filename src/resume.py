@@ -1,0 +1,108 @@
+"""What a resumed run runs: the settings of the run it continues, plus what the user overrides.
+
+``qmixlab with checkpoint_path=<run folder>`` continues that run: its algorithm, environment, seed,
+``t_max`` and every other setting come from the checkpoint (each checkpoint records the run's
+validated settings). A key given on the command line overrides the recorded value and is announced
+("resuming with t_max: 400000 -> 800000"). Keys that would make the checkpoint unusable (network
+shapes, the environment, the optimiser's kind, the replay layout, the random seed) are refused
+before anything is built, naming the key, the checkpoint's value and the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from qmixlab.settings import ConfigError, deep_merge, flatten_dotted, nest_dotted
+
+# Keys a resume cannot change: the checkpoint's networks, optimiser state, replay buffer and
+# random states were made for them. A key listed as a section covers every key inside it.
+FIXED_ON_RESUME = (
+    "alg", "env", "env_args", "seed", "batch_size_run", "buffer_size", "agent", "mixer",
+    "learner.optimiser", "buffer",
+)
+# When only evaluating, a checkpoint's networks can meet another environment setting (the
+# checkpoint's compatibility record still checks shapes).
+FIXED_ON_EVALUATE = ("alg", "agent", "mixer")
+# Keys that say where to resume from; never announced as overrides.
+RESUME_KEYS = ("checkpoint_path", "load_step", "evaluate")
+
+
+def _is_fixed(key: str, fixed) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in fixed)
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    checkpoint: Path
+    recorded: Optional[dict]  # the run's validated settings as a nested dict (None: old checkpoint)
+
+    @property
+    def alg(self) -> Optional[str]:
+        return self.recorded.get("alg") if self.recorded else None
+
+    @property
+    def env(self) -> Optional[str]:
+        return self.recorded.get("env") if self.recorded else None
+
+    def overrides(self, config_updates: dict) -> dict:
+        """``{dotted key: (recorded value, new value)}`` for every key the user changes."""
+        recorded = flatten_dotted(self.recorded or {})
+        changed = {}
+        for key, value in flatten_dotted(config_updates).items():
+            if key in RESUME_KEYS:
+                continue
+            old = recorded.get(key, _MISSING)
+            if old is _MISSING and isinstance(value, dict) and not value:
+                continue
+            if old is _MISSING or old != value:
+                changed[key] = (None if old is _MISSING else old, value)
+        return changed
+
+    def apply(self, config_updates: dict, log: Optional[logging.Logger] = None) -> dict:
+        """The run's recorded settings overlaid with ``config_updates`` (sacred's nested updates)."""
+        log = log or logging.getLogger("qmixlab")
+        if self.recorded is None:
+            log.warning("checkpoint %s records no settings (written by an older qmixlab): the run "
+                        "continues with the command line's settings", self.checkpoint)
+            return config_updates
+        evaluating = bool(config_updates.get("evaluate", False))
+        fixed = FIXED_ON_EVALUATE if evaluating else FIXED_ON_RESUME
+        changed = self.overrides(config_updates)
+        for key, (old, new) in changed.items():
+            if _is_fixed(key, fixed):
+                action = "evaluating" if evaluating else "resuming"
+                raise ConfigError(
+                    f"{key} is {old!r} in checkpoint {str(self.checkpoint)!r} but {new!r} here: "
+                    f"{key} cannot change when {action} (leave it out to keep the checkpoint's value, "
+                    f"or start a new run)"
+                )
+        if changed:
+            log.info("%s %s with overrides: %s", "evaluating" if evaluating else "resuming", self.checkpoint,
+                     ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items())))
+        else:
+            log.info("resuming %s with its recorded settings", self.checkpoint)
+        # The run loads exactly the checkpoint chosen here (which may be an earlier one than the
+        # latest, when the latest is unreadable), and records which one it was.
+        where = {"load_step": int(self.checkpoint.parent.name)} if self.checkpoint.parent.name.isdigit() else {}
+        return deep_merge(deep_merge(self.recorded, where), config_updates)
+
+
+_MISSING = object()
+
+
+def plan_resume(checkpoint_path: Optional[str], load_step: Optional[str] = None) -> Optional[ResumePlan]:
+    """The plan for ``checkpoint_path`` (None when the command line names no checkpoint)."""
+    if not checkpoint_path:
+        return None
+    from qmixlab.checkpoints import find_readable_checkpoint, read_checkpoint_config
+
+    try:
+        step = int(float(load_step)) if load_step else 0
+    except ValueError:
+        raise ConfigError(f"load_step={load_step!r} must be an integer (0: the latest checkpoint)")
+    path = find_readable_checkpoint(checkpoint_path, step)  # an unreadable latest one gives way, with a warning
+    recorded = read_checkpoint_config(path)
+    return ResumePlan(checkpoint=path, recorded=nest_dotted(flatten_dotted(recorded)) if recorded else None)
