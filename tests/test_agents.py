@@ -326,3 +326,19 @@ def test_gru_packed_rejects_bad_arguments(monkeypatch):
         gru_module.gru_packed(gru, torch.randn(30, 2), h0, 9, [4, 3, 1])
     with pytest.raises(ValueError, match="T >= 1"):
         gru_module.gru_packed(gru, torch.randn(0, 2), h0, 0, [])
+
+
+def test_inference_reuses_rewritten_weights_only_while_they_are_unchanged():
+    """No-grad calls cache the GRU's rewritten parameters; any change of a weight (an optimiser
+    step in place, a target-network copy, a replaced tensor) must be seen at the next call."""
+    torch.manual_seed(0)
+    gru = nn.GRU(5, 4)
+    x, h0 = torch.randn(1, 3, 5), torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.allclose(gru_sequence(gru, x, h0), gru(x, h0[None])[0], atol=1e-6)
+        gru.weight_hh_l0.add_(0.5)  # in place, as an optimiser step
+        assert torch.allclose(gru_sequence(gru, x, h0), gru(x, h0[None])[0], atol=1e-6)
+        gru.load_state_dict(nn.GRU(5, 4).state_dict())  # copied in, as a target update
+        assert torch.allclose(gru_sequence(gru, x, h0), gru(x, h0[None])[0], atol=1e-6)
+        gru.bias_ih_l0 = nn.Parameter(torch.randn(12))  # replaced
+        assert torch.allclose(gru_sequence(gru, x, h0), gru(x, h0[None])[0], atol=1e-6)

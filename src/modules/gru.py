@@ -93,7 +93,18 @@ def packed_size(T: int, chunk_rows) -> int:
     return sum((min(t0 + K, T) - t0) * int(rows) for t0, rows in zip(range(0, T, K), chunk_rows))
 
 
-def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool, chunks: List[_Chunk]):
+def _carried_parameters_cached(gru: nn.GRU, params):
+    """``_carried_parameters`` of ``gru``, recomputed only when a parameter changed (in place or
+    replaced): a rollout calls the GRU once per step with the same weights."""
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    cached = getattr(gru, "_carried_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _carried_parameters(*params))
+        gru._carried_cache = cached
+    return cached[1]
+
+
+def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool, chunks: List[_Chunk], carried=None):
     """PyTorch's GRU over packed rows x [R, I] (see ``gru_packed``) from h0 [M, H]; returns the
     hidden states Y [R, H] in the same packed layout.
 
@@ -107,7 +118,7 @@ def _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward: bool, chunks:
     """
     R, I = x.shape
     H = h0.shape[-1]
-    w_i, b_i, w_h, b_h = _carried_parameters(w_ih, b_ih, w_hh, b_hh)
+    w_i, b_i, w_h, b_h = carried if carried is not None else _carried_parameters(w_ih, b_ih, w_hh, b_hh)
     w_i_t, w_h_t = w_i.t(), w_h.t()
     K = max(c.steps for c in chunks) if chunks else 1
     Y = x.new_empty(R, H)
@@ -251,7 +262,8 @@ def _run_gru(gru: nn.GRU, x, h0, chunks):
     if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or any(p.requires_grad for p in params)):
         return _GRUSequence.apply(x, w_ih, b_ih, h0, w_hh, b_hh, chunks)
     with torch.no_grad():
-        return _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False, chunks=chunks)
+        carried = _carried_parameters_cached(gru, (w_ih, b_ih, w_hh, b_hh))
+        return _gru_forward(x, w_ih, b_ih, h0, w_hh, b_hh, keep_for_backward=False, chunks=chunks, carried=carried)
 
 
 def gru_sequence(gru: nn.GRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
