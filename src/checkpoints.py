@@ -26,6 +26,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from qmixlab.processes import pid_alive, process_started_at
+
 CHECKPOINT_FILE = "checkpoint.pt"
 # 2: the replay buffer stores per-agent ``alive`` and every declared step flag, and the payload
 # records the run's settings; a format-1 checkpoint cannot fill those.
@@ -139,41 +141,13 @@ def save_checkpoint(run_dir, t_env: int, payload: dict) -> Path:
 
 
 # --------------------------------------------------------------------------- leftovers of killed saves
-def _boot_time() -> Optional[float]:
-    try:
-        with open("/proc/stat") as handle:
-            for line in handle:
-                if line.startswith("btime "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _process_start(pid: int) -> Optional[float]:
-    """When ``pid`` started (seconds since the epoch; Linux only, else None)."""
-    boot = _boot_time()
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-    return None if boot is None else boot + ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _may_still_be_writing(pid: int, folder: Path) -> bool:
     """Whether process ``pid`` may still be writing ``folder``: it is alive, is not this process
     (which saves nothing before it cleans up), and did not start after the folder was last
     touched (then the pid was reused by a process that never wrote it)."""
-    if pid == os.getpid():
+    if pid == os.getpid() or not pid_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, owned by another user
-    started = _process_start(pid)
+    started = process_started_at(pid)
     try:
         touched = max([folder.stat().st_mtime] + [entry.stat().st_mtime for entry in folder.iterdir()])
     except OSError:
@@ -329,20 +303,25 @@ def load_latest_readable(run_dir, load_step: int = 0, expected: Optional[dict] =
     checkpoint closest to it and fails if that one cannot be read, listing the steps whose files
     are complete. A compatibility mismatch is never skipped over: every checkpoint of a run shares
     its settings."""
+    return _first_readable(run_dir, load_step, lambda path: load_checkpoint(path, expected))
+
+
+def find_readable_checkpoint(run_dir, load_step: int = 0) -> Path:
+    """As ``load_latest_readable``, but only the file is returned and tensor data is memory-mapped,
+    not read (cheap)."""
+    return _first_readable(run_dir, load_step, _load_lazily)[0]
+
+
+def _first_readable(run_dir, load_step: int, load) -> Tuple[Path, dict]:
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"no checkpoint (<step>/{CHECKPOINT_FILE}) in {str(run_dir)!r}")
     if load_step:
         path = found[_closest(found, load_step)]
         try:
-            return path, load_checkpoint(path, expected)
+            return path, load(path)
         except UnreadableCheckpointError as error:
             raise _unreadable_step(error, path, found, load_step) from None
-    return _latest_readable(found, run_dir, lambda path: load_checkpoint(path, expected))
-
-
-def _latest_readable(found: Dict[int, Path], run_dir, load) -> Tuple[Path, dict]:
-    """The latest of ``found`` that ``load`` reads, warning about the unreadable ones skipped."""
     unreadable = []
     for step in sorted(found, reverse=True):
         try:
@@ -355,23 +334,6 @@ def _latest_readable(found: Dict[int, Path], run_dir, load) -> Tuple[Path, dict]
                         "; ".join(unreadable), found[step], step)
         return found[step], payload
     raise UnreadableCheckpointError(f"no checkpoint in {str(run_dir)!r} can be read: {'; '.join(unreadable)}")
-
-
-def find_readable_checkpoint(run_dir, load_step: int = 0) -> Path:
-    """As ``find_checkpoint``, but the file is read (tensor data memory-mapped, so this is cheap):
-    with ``load_step=0`` an unreadable latest checkpoint gives way to the latest readable one, with
-    a warning; an explicit ``load_step`` whose checkpoint cannot be read fails, listing the others."""
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise CheckpointError(f"no checkpoint (<step>/{CHECKPOINT_FILE}) in {str(run_dir)!r}")
-    if load_step:
-        path = found[_closest(found, load_step)]
-        try:
-            _load_lazily(path)
-        except UnreadableCheckpointError as error:
-            raise _unreadable_step(error, path, found, load_step) from None
-        return path
-    return _latest_readable(found, run_dir, _load_lazily)[0]
 
 
 def _unreadable_step(error, path: Path, found: Dict[int, Path], load_step: int) -> UnreadableCheckpointError:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from qmixlab.ablations.sweep import RunSpec, atomic_write_text, build_command
+from qmixlab.processes import pid_alive, process_start_ticks
 
 STATUS_FILE = "status.json"
 CLAIM_FILE = "claim.json"
@@ -163,29 +164,6 @@ def write_json(path, value: dict) -> None:
     atomic_write_text(path, json.dumps(value, indent=1, sort_keys=False) + "\n")
 
 
-def process_start_time(pid: int) -> Optional[str]:
-    """Start time of ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def pid_alive(pid: int, start_time: Optional[str] = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    if start_time is not None:
-        current = process_start_time(pid)
-        if current is not None and current != start_time:
-            return False  # the pid was reused by another process
-    return True
-
-
 def default_workers() -> int:
     try:
         cores = len(os.sched_getaffinity(0))
@@ -271,7 +249,7 @@ def claim_run(run_dir, lock_path):
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CLAIM_FILE
-    mine = {"host": host_name(), "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
+    mine = {"host": host_name(), "pid": os.getpid(), "pid_start": process_start_ticks(os.getpid()),
             "claimed": now_iso(), "token": uuid.uuid4().hex}
     if _create_claim(path, mine):
         return mine, None
