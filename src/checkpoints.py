@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from qmixlab.errors import CheckpointError  # noqa: F401  (imported from here too)
 from qmixlab.processes import pid_alive, process_started_at
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -37,10 +38,6 @@ _TEMPORARY = re.compile(r"^\.(\d+)\.(tmp|stale)-(\d+)$")
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 log = logging.getLogger("qmixlab")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt or does not match the run; the message names the file."""
 
 
 class UnreadableCheckpointError(CheckpointError):

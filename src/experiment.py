@@ -22,7 +22,8 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from qmixlab.settings import ConfigError, compose_config, load_yaml, validate_config
+from qmixlab.errors import RunInterrupted, UserError
+from qmixlab.settings import compose_config, load_yaml, validate_config
 
 OBSERVER_FLAGS = ("-F", "--file_storage", "-u", "--unobserved")
 
@@ -168,7 +169,6 @@ def main(argv: Optional[List[str]] = None):
             raise SystemExit(code)
         return code
     argv, alg, env = _split_pymarl_flags(argv)
-    from qmixlab.checkpoints import CheckpointError
     from qmixlab.resume import ResumePlan, plan_resume
 
     try:
@@ -180,7 +180,7 @@ def main(argv: Optional[List[str]] = None):
         command, config_updates, named_configs, options = _parse_sacred_command_line(experiment, argv)
         if resume is not None and command == experiment.default_command:
             config_updates = resume.apply(config_updates, log=_console_logger())
-    except (ConfigError, CheckpointError) as error:
+    except UserError as error:
         raise _user_error(error)
     observed = not any(flag in argv or any(a.startswith(flag + "=") for a in argv) for flag in OBSERVER_FLAGS)
     if observed:
@@ -191,12 +191,13 @@ def main(argv: Optional[List[str]] = None):
         experiment.observers.append(FileStorageObserver(os.path.join(results, "sacred")))
     from sacred.utils import SacredError
 
-    from qmixlab.run import RunInterrupted, UserFacingError
-
     try:
         return experiment.run(command, config_updates, named_configs, info={}, meta_info={}, options=options)
-    except (ConfigError, CheckpointError, UserFacingError, SacredError) as error:
+    except SacredError as error:
         raise _user_error(error)
+    except UserError as error:
+        print(f"qmixlab: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code)
     except RunInterrupted as stop:
         print(f"qmixlab: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code)

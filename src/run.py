@@ -43,30 +43,16 @@ from qmixlab.metrics import RunLogger
 from qmixlab.modules.agents import RNNAgent
 from qmixlab.modules.mixers import build_mixer
 from qmixlab.runners.batch_runner import BatchRunner, EpisodeStats
-from qmixlab.settings import ConfigError, RunSettings
+from qmixlab.errors import ConfigError, RunInterrupted, UserError
+from qmixlab.settings import RunSettings
 
 log = logging.getLogger("qmixlab")
 
 
-class UserFacingError(RuntimeError):
-    """A run stopped for a reason the user can act on; the command line prints the message as
-    one line (no traceback) and exits with ``exit_code``."""
-
-    exit_code = 2
-
-
-class NonFiniteLossError(UserFacingError):
+class NonFiniteLossError(UserError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
     exit_code = 1
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run after saving (sacred records it as INTERRUPTED)."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass

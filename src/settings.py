@@ -23,11 +23,8 @@ from typing import Any, Dict, Literal, Optional, Union
 import yaml
 
 from qmixlab.components.mask_options import MaskOptions
+from qmixlab.errors import ConfigError  # noqa: F401  (the schema's error, imported from here too)
 from qmixlab.learners.options import LearnerOptions
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
 
 
 @dataclass(frozen=True)

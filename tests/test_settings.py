@@ -213,3 +213,10 @@ def test_settings_and_the_cli_help_import_no_torch():
             "qmixlab.settings.validate_run('qmix', 'smacsim', {});"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+    help_code = ("import sys, contextlib, io\n"
+                 "from qmixlab.__main__ import main\n"
+                 "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+                 "    try:\n        main(['qmixlab', '--help'])\n    except SystemExit:\n        pass\n"
+                 "assert 'Usage' in out.getvalue(), out.getvalue()\n"
+                 "assert 'torch' not in sys.modules, 'qmixlab --help imported torch'")
+    subprocess.run([sys.executable, "-c", help_code], check=True)
