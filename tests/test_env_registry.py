@@ -238,7 +238,7 @@ def test_unknown_name_lists_known_names_and_close_matches():
     msg = str(err.value)
     assert "'smacsm'" in msg and "Did you mean 'smacsim'" in msg
     assert "sc2" in msg and "smacsim" in msg and "package.module:ClassName" in msg
-    with pytest.raises(ValueError, match="Known: sc2, smacsim"):
+    with pytest.raises(ValueError, match="Known: " + ", ".join(envs_pkg.known_envs()) + r"\."):
         make_batched_env("qwerty", n_envs=2)
 
 
@@ -491,6 +491,10 @@ def test_action_errors_and_no_partial_step():
         env.step(np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"action 7 of agent 0 in environment 2 is out of range \[0, 4\)"):
         env.step(act(env, [ADD1, ADD1], [ADD1, ADD1], [7, ADD1]))
+    with pytest.raises(ValueError, match=r"action -1 of agent 1 in environment 1 is out of range \[0, 4\)"):
+        env.step(act(env, [ADD1, ADD1], [ADD1, -1], [ADD1, ADD1]))
+    with pytest.raises(ValueError, match=r"action 7 of agent 0 in environment 2 is out of range"):
+        env.step(act(env, [ADD1, ADD1], [ADD1, ADD1], [7, ADD1]), active=np.array([False, False, True]))
     unavailable = r"action 2 is not available to agent 1 in environment 2; available: \[0, 1, 3\]"
     with pytest.raises(ValueError, match=unavailable):
         env.step(act(env, [ADD1, ADD1], [ADD1, ADD1], [ADD1, ADD2]))

@@ -139,13 +139,17 @@ class BatchedStep:
         truncated = timeout if truncated is None else truncated
         if truncated is None:
             raise TypeError("BatchedStep: truncated (the time-limit flag) is required")
-        n = np.shape(reward)[0] if np.ndim(reward) else 1
+        if battle_won is None or dead_allies is None or dead_enemies is None:
+            n = np.shape(reward)[0] if np.ndim(reward) else 1
+            battle_won = np.zeros(n, bool) if battle_won is None else battle_won
+            dead_allies = np.zeros(n, np.int64) if dead_allies is None else dead_allies
+            dead_enemies = np.zeros(n, np.int64) if dead_enemies is None else dead_enemies
         self.reward = reward
         self.terminated = terminated
         self.truncated = truncated
-        self.battle_won = np.zeros(n, bool) if battle_won is None else battle_won
-        self.dead_allies = np.zeros(n, np.int64) if dead_allies is None else dead_allies
-        self.dead_enemies = np.zeros(n, np.int64) if dead_enemies is None else dead_enemies
+        self.battle_won = battle_won
+        self.dead_allies = dead_allies
+        self.dead_enemies = dead_enemies
         self.flags = dict(extra if flags is None and extra is not None else (flags or {}))
         self.alive = alive
         self.final_obs = final_obs

@@ -86,7 +86,39 @@ def _sc2_arg_defaults() -> Dict[str, Any]:
     return {"map_name": "8m", **defaults}
 
 
+def _gymnasium_entry(backend: str) -> EnvEntry:
+    """gymma, lbf and rware: one adapter, src/envs/gymnasium_env.py (imported when used)."""
+    def factory(**env_args) -> MultiAgentEnv:
+        from .gymnasium_env import make_backend_env
+
+        return make_backend_env(backend, **env_args)
+
+    def arg_defaults() -> Dict[str, Any]:
+        from .gymnasium_env import backend_arg_defaults
+
+        return backend_arg_defaults(backend)
+
+    return EnvEntry(factory, arg_defaults=arg_defaults)
+
+
+def _pettingzoo_entry(backend: str) -> EnvEntry:
+    """pettingzoo and mpe: one adapter, src/envs/pettingzoo_env.py (imported when used)."""
+    def factory(**env_args) -> MultiAgentEnv:
+        from .pettingzoo_env import make_backend_env
+
+        return make_backend_env(backend, **env_args)
+
+    def arg_defaults() -> Dict[str, Any]:
+        from .pettingzoo_env import backend_arg_defaults
+
+        return backend_arg_defaults(backend)
+
+    return EnvEntry(factory, arg_defaults=arg_defaults)
+
+
 _REGISTRY: Dict[str, EnvEntry] = {
+    **{backend: _gymnasium_entry(backend) for backend in ("gymma", "lbf", "rware")},
+    **{backend: _pettingzoo_entry(backend) for backend in ("pettingzoo", "mpe")},
     "smacsim": EnvEntry(_make_smacsim, _make_batched_smacsim, _smacsim_arg_defaults),
     "sc2": EnvEntry(_make_sc2, arg_defaults=_sc2_arg_defaults),
 }

@@ -238,6 +238,9 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
         self._obs = np.zeros((n, self.n_agents, self.obs_dim), dtype=np.float32)
         self._state = np.zeros((n, self.state_dim), dtype=np.float32)
         self._avail = np.zeros((n, self.n_agents, self.n_actions), dtype=bool)
+        self._agent_index = np.arange(self.n_agents)[None, :]
+        self._all_ids = np.arange(n)
+        self._all_id_list = self._all_ids.tolist()
         self._alive = np.ones((n, self.n_agents), dtype=bool)
         self._views = tuple(_read_only(a) for a in (self._obs, self._state, self._avail, self._alive))
         self._episode_steps = np.zeros(n, dtype=np.int64)
@@ -307,9 +310,9 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
 
         for i in active_ids:
             env = self._envs[i]
-            r, env_terminated, info = env.step([int(a) for a in actions[i]])
+            r, env_terminated, info = env.step(actions[i].tolist())
             info = self._check_info(i, info)
-            if np.ndim(r) != 0:
+            if not isinstance(r, float) and np.ndim(r) != 0:
                 raise ValueError(
                     f"environment {i} returned a non-scalar reward of shape {np.shape(r)}; the SMAC "
                     "API has one team reward per step"
@@ -320,11 +323,16 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
             reward[i] = float(r)
             terminated[i] = term_i
             truncated[i] = timeout_i
-            battle_won[i] = bool(info.get("battle_won", False))
-            dead_allies[i] = int(info.get("dead_allies", 0))
-            dead_enemies[i] = int(info.get("dead_enemies", 0))
-            for flag, info_keys in self._flag_sources.items():
-                flags[flag][i] = any(bool(info.get(key, False)) for key in info_keys)
+            if info:
+                battle_won[i] = bool(info.get("battle_won", False))
+                dead_allies[i] = int(info.get("dead_allies", 0))
+                dead_enemies[i] = int(info.get("dead_enemies", 0))
+            if info:
+                for flag, info_keys in self._flag_sources.items():
+                    for key in info_keys:
+                        if info.get(key, False):
+                            flags[flag][i] = True
+                            break
             flags["invalid"][i] |= crashed
             if not (term_i or timeout_i):
                 self._read_arrays(i)
@@ -349,18 +357,21 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
         return step
 
     def _check_step_inputs(self, actions, active):
-        """Validate everything before any environment is advanced, so a bad call changes nothing."""
+        """Validate everything before any environment is advanced, so a bad call changes nothing.
+        A handful of array operations whatever the number of environments and agents: this runs
+        on every step, and for fast environments its cost is the wrapper's."""
         actions = np.asarray(actions)
         expected = (self.n_envs, self.n_agents)
         if actions.shape != expected:
             raise ValueError(
                 f"actions must have shape (n_envs, n_agents) = {expected}, got {actions.shape}"
             )
-        if not np.issubdtype(actions.dtype, np.integer):
+        if actions.dtype.kind not in "iu":
             raise ValueError(f"actions must be an integer array, got dtype {actions.dtype}")
 
         if active is None:
-            active = np.ones(self.n_envs, dtype=bool)
+            ids, active_ids, chosen = self._all_ids, self._all_id_list, actions
+            needs_reset = self._needs_reset
         else:
             active = np.asarray(active)
             if active.shape != (self.n_envs,) or active.dtype != bool:
@@ -368,33 +379,67 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                     f"active must be a bool array of shape ({self.n_envs},), got shape "
                     f"{active.shape} dtype {active.dtype}"
                 )
-        active_ids = [int(i) for i in np.flatnonzero(active)]
-
-        for i in active_ids:
-            if self._needs_reset[i]:
-                state = "has not been reset" if self._episode_steps[i] == 0 else (
-                    f"ended its episode at step {self._episode_steps[i]}"
-                )
-                raise ValueError(
-                    f"environment {i} {state}; reset it (reset(env_ids=[{i}])) or mark it inactive"
-                )
-            for agent, action in enumerate(actions[i]):
-                if not 0 <= action < self.n_actions:
-                    raise ValueError(
-                        f"action {int(action)} of agent {agent} in environment {i} is out of "
-                        f"range [0, {self.n_actions})"
-                    )
-                if not self._avail[i, agent, action]:
-                    raise ValueError(
-                        f"action {int(action)} is not available to agent {agent} in environment "
-                        f"{i}; available: {np.flatnonzero(self._avail[i, agent]).tolist()}"
-                    )
+            ids = np.flatnonzero(active)
+            active_ids = ids.tolist()
+            if not active_ids:
+                return actions, active_ids
+            chosen, needs_reset = actions[ids], self._needs_reset[ids]
+        if needs_reset.any():
+            i = int(ids[needs_reset][0])
+            state = "has not been reset" if self._episode_steps[i] == 0 else (
+                f"ended its episode at step {self._episode_steps[i]}"
+            )
+            raise ValueError(f"environment {i} {state}; reset it (reset(env_ids=[{i}])) or mark it inactive")
+        # One gather checks every action (it raises for an action >= n_actions; a negative one would
+        # wrap around, hence the min); the branches below only name the first bad one.
+        try:
+            if chosen.min() < 0:
+                raise IndexError
+            available = self._avail[ids[:, None], self._agent_index, chosen]
+        except IndexError:
+            in_range = (chosen >= 0) & (chosen < self.n_actions)
+            row, agent = map(int, np.argwhere(~in_range)[0])
+            raise ValueError(
+                f"action {int(chosen[row, agent])} of agent {agent} in environment {int(ids[row])} is out of "
+                f"range [0, {self.n_actions})"
+            ) from None
+        if not available.all():
+            row, agent = map(int, np.argwhere(~available)[0])
+            i = int(ids[row])
+            raise ValueError(
+                f"action {int(chosen[row, agent])} is not available to agent {agent} in environment "
+                f"{i}; available: {np.flatnonzero(self._avail[i, agent]).tolist()}"
+            )
+        return actions, active_ids
+        if self._needs_reset[ids].any():
+            i = int(ids[self._needs_reset[ids]][0])
+            state = "has not been reset" if self._episode_steps[i] == 0 else (
+                f"ended its episode at step {self._episode_steps[i]}"
+            )
+            raise ValueError(f"environment {i} {state}; reset it (reset(env_ids=[{i}])) or mark it inactive")
+        # One array operation checks every action; the loops below only name the first bad one.
+        chosen = actions[ids]
+        in_range = (chosen >= 0) & (chosen < self.n_actions)
+        if not in_range.all():
+            row, agent = map(int, np.argwhere(~in_range)[0])
+            raise ValueError(
+                f"action {int(chosen[row, agent])} of agent {agent} in environment {int(ids[row])} is out of "
+                f"range [0, {self.n_actions})"
+            )
+        available = self._avail[ids[:, None], self._agent_index, chosen]
+        if not available.all():
+            row, agent = map(int, np.argwhere(~available)[0])
+            i = int(ids[row])
+            raise ValueError(
+                f"action {int(chosen[row, agent])} is not available to agent {agent} in environment "
+                f"{i}; available: {np.flatnonzero(self._avail[i, agent]).tolist()}"
+            )
         return actions, active_ids
 
     def _check_info(self, i: int, info) -> Mapping:
         if info is None:
             return {}
-        if not isinstance(info, Mapping):
+        if type(info) is not dict and not isinstance(info, Mapping):
             raise TypeError(
                 f"environment {i} returned info of type {type(info).__name__}; step() must return "
                 "(reward, terminated, info dict)"
