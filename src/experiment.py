@@ -80,7 +80,7 @@ def _console_logger() -> logging.Logger:
 
 
 def run_folder_name(settings, run_id) -> str:
-    map_name = settings.env_args.get("map_name", settings.env)
+    map_name = (settings.task or settings.env).replace(":", "-").replace("/", "-")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     suffix = f"_{run_id}" if run_id is not None else ""
     return f"{settings.name}_{map_name}_seed{settings.seed}_{stamp}{suffix}"

@@ -152,7 +152,7 @@ def compatibility(settings: RunSettings, env_info: dict) -> dict:
     """What a checkpoint must share with the run that loads it."""
     return {
         "env": settings.env,
-        "map_name": str(settings.env_args.get("map_name", "")),
+        "map_name": settings.task,  # the task, under SMAC's name for it
         "n_agents": int(env_info["n_agents"]),
         "n_actions": int(env_info["n_actions"]),
         "obs_shape": int(env_info["obs_shape"]),

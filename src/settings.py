@@ -108,6 +108,12 @@ class RunSettings:
     buffer: BufferSettings = field(default_factory=BufferSettings)
     env_args: Dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def task(self) -> str:
+        """The task within the backend: SMAC's map, MPE's task or a gymnasium id ('' when none)."""
+        args = self.env_args
+        return str(args.get("map_name") or args.get("task") or args.get("key") or "")
+
     def __post_init__(self):
         positive = ("t_max", "test_interval", "log_interval", "save_model_interval", "batch_size_run",
                     "batch_size", "buffer_size")

@@ -220,3 +220,9 @@ def test_settings_and_the_cli_help_import_no_torch():
                  "assert 'Usage' in out.getvalue(), out.getvalue()\n"
                  "assert 'torch' not in sys.modules, 'qmixlab --help imported torch'")
     subprocess.run([sys.executable, "-c", help_code], check=True)
+
+
+def test_the_task_names_smac_maps_mpe_tasks_and_gym_ids():
+    assert validate_run_ok({"env_args.map_name": "2s3z"}).task == "2s3z"
+    assert settings.validate_run("qmix", "mpe", {}).task == "simple_spread_v3"
+    assert settings.validate_run("qmix", "lbf", {}).task == "Foraging-8x8-2p-3f-v3"
