@@ -134,33 +134,11 @@ def resolve_env_fn(env_fn: Union[str, Callable]) -> Callable:
     """The factory named by ``"package.module:attribute"`` (or ``env_fn`` itself if callable)."""
     if callable(env_fn):
         return env_fn
-    if not isinstance(env_fn, str) or env_fn.count(":") != 1 or not all(env_fn.split(":")):
-        raise ValueError(
-            f"env_args.env_fn must name a PettingZoo ParallelEnv factory as 'package.module:factory' "
-            f"(e.g. 'mpe2.simple_spread_v3:parallel_env'), got {env_fn!r}"
-        )
-    module_name, attr_path = env_fn.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        top = module_name.split(".")[0]
-        raise ImportError(
-            f"cannot import {module_name!r} for env_args.env_fn={env_fn!r}: {err}. Install the package "
-            f"that provides it (e.g. pip install {top}) or put it on PYTHONPATH"
-        ) from err
-    target = module
-    for part in attr_path.split("."):
-        if not hasattr(target, part):
-            names = [n for n in dir(target) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise AttributeError(
-                f"{module_name!r} has no attribute {attr_path!r} (env_args.env_fn={env_fn!r}){hint}"
-            )
-        target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"env_args.env_fn={env_fn!r} names a {type(target).__name__}, not a factory")
-    return target
+    from qmixlab.envs.registry import import_object
+
+    return import_object(env_fn, f"env_args.env_fn={env_fn!r}",
+                         "'package.module:factory' naming a PettingZoo ParallelEnv factory "
+                         "(e.g. 'mpe2.simple_spread_v3:parallel_env')")
 
 
 def _choice(name: str, value, allowed: Sequence[str]) -> str:

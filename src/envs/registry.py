@@ -340,15 +340,22 @@ def _lookup(name: str) -> EnvEntry:
 
 
 def _import_target(path: str):
-    module_name, _, attr_path = path.partition(":")
+    return import_object(path, f"environment {path!r}", "'package.module:ClassName'")
+
+
+def import_object(path: str, role: str, form: str):
+    """The object named by ``"package.module:attribute.path"``; errors name ``role`` (what the
+    path is for, e.g. "environment 'pkg:Env'") and the expected ``form``."""
+    module_name, _, attr_path = str(path).partition(":")
     if not module_name or not attr_path or ":" in attr_path:
-        raise ValueError(f"environment path {path!r} must look like 'package.module:ClassName'")
+        raise ValueError(f"{role}: {path!r} must give the object as {form}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
+        top = module_name.split(".")[0]
         raise ImportError(
-            f"cannot import module {module_name!r} for environment {path!r}: {err}. Is the module "
-            "installed or on sys.path (PYTHONPATH)?"
+            f"cannot import module {module_name!r} for {role}: {err}. Is the module installed (e.g. "
+            f"pip install {top}) or on sys.path (PYTHONPATH)?"
         ) from err
     target = module
     walked = module_name
@@ -357,13 +364,11 @@ def _import_target(path: str):
             candidates = [n for n in dir(target) if not n.startswith("_")]
             close = difflib.get_close_matches(part, candidates, n=3, cutoff=0.6)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise AttributeError(
-                f"{walked!r} has no attribute {part!r} (from environment {path!r}){hint}"
-            )
+            raise AttributeError(f"{walked!r} has no attribute {part!r} (from {role}){hint}")
         target = getattr(target, part)
         walked = f"{walked}.{part}"
     if not callable(target):
-        raise TypeError(f"environment {path!r} names {type(target).__name__} object, not a class or factory")
+        raise TypeError(f"{role} names {type(target).__name__} object, not a class or factory")
     return target
 
 

@@ -411,30 +411,6 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                 f"{i}; available: {np.flatnonzero(self._avail[i, agent]).tolist()}"
             )
         return actions, active_ids
-        if self._needs_reset[ids].any():
-            i = int(ids[self._needs_reset[ids]][0])
-            state = "has not been reset" if self._episode_steps[i] == 0 else (
-                f"ended its episode at step {self._episode_steps[i]}"
-            )
-            raise ValueError(f"environment {i} {state}; reset it (reset(env_ids=[{i}])) or mark it inactive")
-        # One array operation checks every action; the loops below only name the first bad one.
-        chosen = actions[ids]
-        in_range = (chosen >= 0) & (chosen < self.n_actions)
-        if not in_range.all():
-            row, agent = map(int, np.argwhere(~in_range)[0])
-            raise ValueError(
-                f"action {int(chosen[row, agent])} of agent {agent} in environment {int(ids[row])} is out of "
-                f"range [0, {self.n_actions})"
-            )
-        available = self._avail[ids[:, None], self._agent_index, chosen]
-        if not available.all():
-            row, agent = map(int, np.argwhere(~available)[0])
-            i = int(ids[row])
-            raise ValueError(
-                f"action {int(chosen[row, agent])} is not available to agent {agent} in environment "
-                f"{i}; available: {np.flatnonzero(self._avail[i, agent]).tolist()}"
-            )
-        return actions, active_ids
 
     def _check_info(self, i: int, info) -> Mapping:
         if info is None:
