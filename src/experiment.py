@@ -168,17 +168,19 @@ def main(argv: Optional[List[str]] = None):
         if code:
             raise SystemExit(code)
         return code
-    argv, alg, env = _split_pymarl_flags(argv)
+    argv, alg_flag, env_flag = _split_pymarl_flags(argv)
     from qmixlab.resume import ResumePlan, plan_resume
 
     try:
         resume: Optional[ResumePlan] = plan_resume(_with_value(argv, "checkpoint_path"), _with_value(argv, "load_step"))
-        alg = _with_value(argv, "alg") or alg or (resume.alg if resume else None) or "qmix"
-        env = _with_value(argv, "env") or env or (resume.env if resume else None) or \
+        if resume is not None:  # PyMARL's flags cannot change what the checkpoint was trained as
+            resume.check_flags(alg=alg_flag, env=env_flag)
+        alg = _with_value(argv, "alg") or alg_flag or (resume.alg if resume else None) or "qmix"
+        env = _with_value(argv, "env") or env_flag or (resume.env if resume else None) or \
             load_yaml(None, "default").get("env", "smacsim")
         experiment = build_experiment(alg, env)
         command, config_updates, named_configs, options = _parse_sacred_command_line(experiment, argv)
-        if resume is not None and command == experiment.default_command:
+        if resume is not None:  # print_config shows what the resumed run will run
             config_updates = resume.apply(config_updates, log=_console_logger())
     except UserError as error:
         raise _user_error(error)

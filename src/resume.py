@@ -47,6 +47,18 @@ class ResumePlan:
     def env(self) -> Optional[str]:
         return self.recorded.get("env") if self.recorded else None
 
+    def check_flags(self, **flags: Optional[str]) -> None:
+        """PyMARL's ``--config=`` / ``--env-config=`` (``alg`` / ``env``) must agree with the
+        checkpoint's, as ``alg=`` / ``env=`` must."""
+        for key, value in flags.items():
+            recorded = (self.recorded or {}).get(key)
+            if value is not None and recorded is not None and value != recorded:
+                raise ConfigError(
+                    f"{key} is {recorded!r} in checkpoint {str(self.checkpoint)!r} but {value!r} here: "
+                    f"{key} cannot change when resuming (leave it out to keep the checkpoint's value, "
+                    "or start a new run)"
+                )
+
     def overrides(self, config_updates: dict) -> dict:
         """``{dotted key: (recorded value, new value)}`` for every key the user changes."""
         recorded = flatten_dotted(self.recorded or {})

@@ -334,3 +334,13 @@ def test_more_threads_than_free_cores_warns(monkeypatch):
     finally:
         logger.removeHandler(handler)
         torch.set_num_threads(threads)
+
+
+def test_resume_shows_its_settings_and_refuses_another_algorithm_by_flag(capsys, tmp_path):
+    _, models = train_tiny(capsys, tmp_path, "t_max=400", "alg=vdn")
+    code, out, err = run_cli(capsys, "print_config", "with", f"checkpoint_path={models}", "t_max=900")
+    assert code == 0, err
+    assert "name = 'vdn'" in out and "t_max = 900" in out and "seed = 7" in out
+    code, _, err = run_cli(capsys, "--config=qmix", "with", f"checkpoint_path={models}")
+    assert code == 2
+    one_line_error(err, "alg is 'vdn' in checkpoint", "'qmix' here")
