@@ -41,6 +41,8 @@ from qmixlab.envs import make_batched_env
 from qmixlab.learners.q_learner import QLearner
 from qmixlab.metrics import RunLogger
 from qmixlab.modules.agents import RNNAgent
+from qmixlab.modules.entities import require_obs_layout
+from qmixlab.modules.entity_agent import EntityAttentionAgent
 from qmixlab.modules.mixers import build_mixer
 from qmixlab.runners.batch_runner import BatchRunner, EpisodeStats
 from qmixlab.errors import ConfigError, RunInterrupted, UserError
@@ -124,10 +126,29 @@ def build_components(settings: RunSettings) -> Components:
             f"environment {settings.env!r} declares neither an alive mask nor a no-op action "
             "(docs/environments.md, 'Alive agents'); use masks.dead_agents=none"
         )
+    if settings.mixer.name == "attention" and spec.state_layout is None:
+        env.close()
+        raise ConfigError(
+            f"mixer.name='attention' splits the state into ally and enemy entities, but environment "
+            f"{settings.env!r} declares no state layout (docs/environments.md); use mixer.name=qmix or qplex"
+        )
     env_info = env.get_env_info()
     n_agents, n_actions = spec.n_agents, spec.n_actions
-    agent = RNNAgent(spec.obs_shape, n_actions, n_agents, hidden_dim=settings.agent.hidden_dim,
-                     use_last_action=settings.agent.use_last_action, use_agent_id=settings.agent.use_agent_id)
+    agent_settings = settings.agent
+    if agent_settings.name == "entity_attention":
+        try:
+            obs_layout = require_obs_layout(spec, settings.env)
+        except ConfigError:
+            env.close()
+            raise
+        agent = EntityAttentionAgent(obs_layout, n_actions, n_agents, hidden_dim=agent_settings.hidden_dim,
+                                     embed_dim=agent_settings.embed_dim,
+                                     attention_heads=agent_settings.attention_heads,
+                                     use_last_action=agent_settings.use_last_action,
+                                     use_agent_id=agent_settings.use_agent_id, masks=settings.masks)
+    else:
+        agent = RNNAgent(spec.obs_shape, n_actions, n_agents, hidden_dim=agent_settings.hidden_dim,
+                         use_last_action=agent_settings.use_last_action, use_agent_id=agent_settings.use_agent_id)
     epsilon = settings.epsilon
     selector = EpsilonGreedyActionSelector(LinearSchedule(epsilon.start, epsilon.finish, epsilon.anneal_time))
     mac = AgentController(agent, selector)
@@ -135,7 +156,13 @@ def build_components(settings: RunSettings) -> Components:
     mixer = build_mixer(mixer_settings.name, n_agents, spec.state_shape,
                         mixing_embed_dim=mixer_settings.mixing_embed_dim,
                         hypernet_layers=mixer_settings.hypernet_layers,
-                        hypernet_embed=mixer_settings.hypernet_embed)
+                        hypernet_embed=mixer_settings.hypernet_embed, n_actions=n_actions,
+                        state_layout=spec.state_layout,
+                        attention_embed_dim=mixer_settings.attention_embed_dim,
+                        attention_heads=mixer_settings.attention_heads,
+                        attention_layers=mixer_settings.attention_layers,
+                        qplex_attention_heads=mixer_settings.qplex_attention_heads,
+                        qplex_adv_hypernet_embed=mixer_settings.qplex_adv_hypernet_embed)
     learner = QLearner(mac, mixer, n_agents, settings.learner, settings.masks, device=settings.device)
     runner = BatchRunner(env, learner.mac)
     storage = StorageOptions(

@@ -29,13 +29,20 @@ from qmixlab.learners.options import LearnerOptions
 
 @dataclass(frozen=True)
 class AgentSettings:
+    name: Literal["rnn", "entity_attention"] = "rnn"
     hidden_dim: int = 64
     use_last_action: bool = True
     use_agent_id: bool = True
+    embed_dim: int = 32  # entity_attention only
+    attention_heads: int = 4  # entity_attention only
 
     def __post_init__(self):
-        if self.hidden_dim < 1:
-            raise ConfigError(f"agent.hidden_dim={self.hidden_dim!r} must be >= 1")
+        for key in ("hidden_dim", "embed_dim", "attention_heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"agent.{key}={getattr(self, key)!r} must be >= 1")
+        if self.embed_dim % self.attention_heads:
+            raise ConfigError(f"agent.embed_dim={self.embed_dim} must be a multiple of "
+                              f"agent.attention_heads={self.attention_heads}")
 
 
 @dataclass(frozen=True)
@@ -56,10 +63,27 @@ class EpsilonSettings:
 
 @dataclass(frozen=True)
 class MixerSettings:
-    name: Optional[Literal["none", "vdn", "qmix"]] = "qmix"
+    name: Optional[Literal["none", "vdn", "qmix", "attention", "qplex"]] = "qmix"
     mixing_embed_dim: int = 32
     hypernet_layers: Literal[1, 2] = 2
     hypernet_embed: int = 64
+    # attention mixer (TransfQMix-style): the transformer over the state's entities
+    attention_embed_dim: int = 32
+    attention_heads: int = 4
+    attention_layers: int = 2
+    # QPLEX: heads and width of the advantage-weight networks (pymarl2's num_kernel, adv_hypernet_embed)
+    qplex_attention_heads: int = 4
+    qplex_adv_hypernet_embed: int = 64
+
+    def __post_init__(self):
+        sizes = ("mixing_embed_dim", "hypernet_embed", "attention_embed_dim", "attention_heads",
+                 "attention_layers", "qplex_attention_heads", "qplex_adv_hypernet_embed")
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"mixer.{name}={getattr(self, name)!r} must be >= 1")
+        if self.attention_embed_dim % self.attention_heads:
+            raise ConfigError(f"mixer.attention_embed_dim={self.attention_embed_dim} must be a multiple of "
+                              f"mixer.attention_heads={self.attention_heads}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +165,15 @@ class RunSettings:
                 f"(independent Q-learning), got mixer.name={self.mixer.name!r}; with a mixer use "
                 "masks.dead_agents=zero_utilities"
             )
+        if self.agent.name != "entity_attention":
+            defaults = MaskOptions()
+            for key in ("visibility", "attention_fill_value"):  # axis 11: what the attention masks
+                if getattr(self.masks, key) != getattr(defaults, key):
+                    raise ConfigError(
+                        f"masks.{key}={getattr(self.masks, key)!r} applies to agent.name=entity_attention "
+                        f"only (agent.name={self.agent.name!r} has no attention: an unseen entity is a block "
+                        "of zeros in its input); add agent.name=entity_attention"
+                    )
 
 
 # PyMARL's and pymarl2's flat keys, answered with their qmixlab names (README's mapping table).
@@ -163,6 +196,8 @@ PYMARL_KEYS: Dict[str, str] = {
     "mixing_embed_dim": "mixer.mixing_embed_dim",
     "hypernet_layers": "mixer.hypernet_layers",
     "hypernet_embed": "mixer.hypernet_embed",
+    "num_kernel": "mixer.qplex_attention_heads",
+    "adv_hypernet_embed": "mixer.qplex_adv_hypernet_embed",
     "rnn_hidden_dim": "agent.hidden_dim",
     "obs_last_action": "agent.use_last_action",
     "obs_agent_id": "agent.use_agent_id",

@@ -31,6 +31,7 @@ PRESETS = {
     "episode_normalisation": {"masks.normalisation": "episodes"},
     "no_trimming": {"masks.trim_to_longest": False},
     "inf_fill_value": {"masks.avail_fill_value": "-inf"},
+    "visibility_zeros": {"masks.visibility": "zeros"},
 }
 
 
@@ -47,6 +48,8 @@ def test_preset_validates_and_changes_one_option(name):
     assert sweep.flatten_overrides(overrides) == PRESETS[name]
     config = compose_config("qmix", "smacsim")
     config["seed"] = 0
+    if any(key in ("masks.visibility", "masks.attention_fill_value") for key in PRESETS[name]):
+        config["agent"]["name"] = "entity_attention"  # the feature axis needs the entity agent
     settings = validate_config(deep_merge(config, overrides))
     for key, value in PRESETS[name].items():
         assert getattr(settings.masks, key.split(".")[1]) == value

@@ -163,7 +163,13 @@ def test_build_mixer_defaults_are_the_default_config():
     section = load_yaml(None, "default")["mixer"]
     defaults = {name: p.default for name, p in inspect.signature(build_mixer).parameters.items()
                 if p.default is not inspect.Parameter.empty}
+    # What the environment tells (not a config key) defaults to "not given".
+    assert {name: defaults.pop(name) for name in ("n_actions", "state_layout")} == {"n_actions": None,
+                                                                                  "state_layout": None}
     assert defaults == {key: value for key, value in section.items() if key != "name"}
-    qmix_defaults = {name: p.default for name, p in inspect.signature(QMixer).parameters.items()
-                     if p.default is not inspect.Parameter.empty}
-    assert qmix_defaults == defaults
+    from qmixlab.modules.mixers import AttentionMixer, QPLEXMixer
+
+    for mixer_class in (QMixer, AttentionMixer, QPLEXMixer):
+        class_defaults = {name: p.default for name, p in inspect.signature(mixer_class).parameters.items()
+                          if p.default is not inspect.Parameter.empty}
+        assert class_defaults and class_defaults == {name: defaults[name] for name in class_defaults}

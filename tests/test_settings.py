@@ -226,3 +226,10 @@ def test_the_task_names_smac_maps_mpe_tasks_and_gym_ids():
     assert validate_run_ok({"env_args.map_name": "2s3z"}).task == "2s3z"
     assert settings.validate_run("qmix", "mpe", {}).task == "simple_spread_v3"
     assert settings.validate_run("qmix", "lbf", {}).task == "Foraging-8x8-2p-3f-v3"
+
+
+def test_feature_axis_options_need_the_entity_agent():
+    with pytest.raises(ConfigError, match="masks.visibility='zeros' applies to agent.name=entity_attention"):
+        validate_config(composed(masks={"visibility": "zeros"}))
+    run = validate_config(composed(masks={"visibility": "zeros"}, agent={"name": "entity_attention"}))
+    assert run.masks.visibility == "zeros"

@@ -17,6 +17,8 @@ DEAD_AGENT_MODES = ("none", "zero_utilities", "agent_loss_mask")
 INVALID_STEP_MODES = ("mask", "ignore")
 MASKED_ROW_MODES = ("keep", "drop")
 NAMED_FILL_VALUES = ("pymarl", "finfo_min", "-inf")
+VISIBILITY_MODES = ("mask", "zeros")
+NAMED_ATTENTION_FILL_VALUES = ("-inf", "finfo_min")
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -53,6 +55,19 @@ class MaskOptions:
     skip_unread_rows (9): run the networks only on the rows of each episode that the loss reads
         (padding and post-terminal rows are skipped: by the agents in chunks of a few steps, by
         the mixers row by row). Neither option changes the loss or the gradients.
+    visibility (11): how an entity agent (``agent.name=entity_attention``) treats entities it
+        cannot see (dead or out of sight range; ``qmixlab.modules.entities`` derives this from
+        SMAC's observation layout): ``mask``: they leave the attention as keys, so nothing about
+        them (not even how many there are) reaches any output; ``zeros``: they are attended as
+        zero feature vectors, as the flat agent sees them. Either way their stored features are
+        replaced by zeros with ``where`` before any arithmetic, so NaN or inf stored there
+        reaches neither outputs nor gradients. The flat ``rnn`` agent ignores this axis.
+    attention_fill_value (11): the value masked attention logits take: ``-inf`` (exact: masked
+        keys get weight 0), ``finfo_min`` (the dtype's most negative finite number) or a number
+        (a PyMARL-style constant such as -1e9; a small one lets masked keys leak some weight).
+        A query whose every key is masked would average nothing (NaN with ``-inf``, a uniform
+        average of masked keys otherwise); the entity agent's own token is always a visible
+        key, and a row with no visible key anyway gets a zero output.
     """
 
     post_terminal_shift: bool = True
@@ -66,6 +81,8 @@ class MaskOptions:
     masked_rows: str = "keep"
     trim_to_longest: bool = True
     skip_unread_rows: bool = True
+    visibility: str = "mask"
+    attention_fill_value: Union[str, float] = "-inf"
 
     def __post_init__(self):
         for name in ("post_terminal_shift", "mask_padding", "target_avail_mask", "trim_to_longest",
@@ -77,6 +94,17 @@ class MaskOptions:
         _check_choice("dead_agents", self.dead_agents, DEAD_AGENT_MODES)
         _check_choice("invalid_steps", self.invalid_steps, INVALID_STEP_MODES)
         _check_choice("masked_rows", self.masked_rows, MASKED_ROW_MODES)
+        _check_choice("visibility", self.visibility, VISIBILITY_MODES)
+        attention_fill = self.attention_fill_value
+        if isinstance(attention_fill, str):
+            _check_choice("attention_fill_value", attention_fill, NAMED_ATTENTION_FILL_VALUES)
+        elif isinstance(attention_fill, bool) or not isinstance(attention_fill, (int, float)):
+            raise TypeError(
+                f"masks.attention_fill_value must be a number or one of "
+                f"{list(NAMED_ATTENTION_FILL_VALUES)}, got {attention_fill!r}"
+            )
+        elif attention_fill != attention_fill or attention_fill == float("inf"):
+            raise ValueError(f"masks.attention_fill_value={attention_fill!r} must be -inf or a finite number")
         fill = self.avail_fill_value
         if isinstance(fill, str):
             _check_choice("avail_fill_value", fill, NAMED_FILL_VALUES)
@@ -98,3 +126,12 @@ class MaskOptions:
         if fill == "-inf":
             return float("-inf")
         return float(fill)
+
+    def attention_fill(self, dtype) -> float:
+        """The value masked attention logits take in tensors of ``dtype`` (a torch dtype)."""
+        fill = self.attention_fill_value
+        if fill == "finfo_min":
+            import torch  # only here: the options themselves stay importable without torch
+
+            return torch.finfo(dtype).min
+        return float(fill)  # "-inf" or a number

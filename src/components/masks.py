@@ -9,7 +9,9 @@ The learner asks this module four questions and nothing else decides them:
 * which rows the networks must see at all (``transitions_read_by_targets``,
   ``rows_needed_by_networks``), so that padding and
   post-terminal rows can never leak NaN into the loss or the gradients,
-* how masked values are reduced to one number (``masked_td_loss``, ``masked_mean``).
+* how masked values are reduced to one number (``masked_td_loss``, ``masked_mean``),
+* what an entity agent may see of the entities of its observation (axis 11, feature-level
+  visibility: ``hide_unseen_entities``, ``attention_key_mask``, ``masked_attention``).
 
 Each axis of ``docs/masking.md`` is one field of ``MaskOptions`` (defined without torch in
 ``qmixlab.components.mask_options`` and re-exported here); the defaults reproduce PyMARL's QMIX
@@ -29,10 +31,12 @@ from qmixlab.components.mask_options import (  # noqa: F401  (re-exported)
     DEAD_AGENT_MODES,
     INVALID_STEP_MODES,
     MASKED_ROW_MODES,
+    NAMED_ATTENTION_FILL_VALUES,
     NAMED_FILL_VALUES,
     NORMALISATIONS,
     PYMARL_UNAVAILABLE_FILL,
     TIMEOUT_MODES,
+    VISIBILITY_MODES,
     MaskOptions,
 )
 
@@ -215,3 +219,50 @@ def standardise_over_valid(values: torch.Tensor, mask: torch.Tensor, eps: float 
     mean = torch.where(mask, values, zero).sum() / count
     var = torch.where(mask, (values - mean) ** 2, zero).sum() / count
     return torch.where(mask, (values - mean) / (var.sqrt() + eps), zero)
+
+
+# --------------------------------------------------------------------------- axis 11: entities
+def hide_unseen_entities(features: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """features [..., L, F] with the rows of unseen entities (``visible`` [..., L] False) set to
+    zero by selection, so NaN or inf stored there reaches neither outputs nor gradients (a
+    product ``0 * NaN`` would be NaN)."""
+    if visible.dtype != torch.bool or tuple(visible.shape) != tuple(features.shape[:-1]):
+        raise ValueError(f"visible must be bool {tuple(features.shape[:-1])} (features without their last "
+                         f"dim), got {tuple(visible.shape)} {visible.dtype}")
+    zero = torch.zeros((), dtype=features.dtype, device=features.device)
+    return torch.where(visible.unsqueeze(-1), features, zero)
+
+
+def attention_key_mask(visible: torch.Tensor, options: MaskOptions) -> torch.Tensor:
+    """Which entities others may attend to, bool like ``visible``: the visible ones with
+    ``visibility=mask``, all of them (the unseen as zero vectors) with ``visibility=zeros``."""
+    if options.visibility == "mask":
+        return visible
+    return torch.ones_like(visible)
+
+
+def masked_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor,
+                     options: MaskOptions) -> torch.Tensor:
+    """Multi-head attention in which masked keys get the logit fill ``options.attention_fill``.
+
+    query/key/value [M, heads, L, d], key_mask [M, L] bool (True: may be attended) -> [M, heads,
+    L, d], by ``scaled_dot_product_attention``: with ``-inf`` its boolean mask, else an additive
+    mask holding the fill. A row whose every key is masked would be NaN (``-inf``) or a uniform
+    average of masked values (finite fill); such rows attend to every key instead, which keeps
+    the forward and backward finite, and their output is then replaced by zeros with ``where``,
+    so masked values reach neither that output nor the gradients through it.
+    """
+    M, L = query.shape[0], key.shape[-2]
+    if key_mask.dtype != torch.bool or tuple(key_mask.shape) != (M, L):
+        raise ValueError(f"key_mask must be bool [M={M}, L={L}], got {tuple(key_mask.shape)} {key_mask.dtype}")
+    has_key = key_mask.any(-1)  # [M]
+    safe_mask = key_mask | ~has_key.unsqueeze(-1)
+    fill = options.attention_fill(query.dtype)
+    if fill == float("-inf"):
+        attn_mask = safe_mask[:, None, None, :]
+    else:
+        attn_mask = torch.zeros(M, L, dtype=query.dtype, device=query.device).masked_fill_(
+            ~safe_mask, fill)[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
+    zero = torch.zeros((), dtype=out.dtype, device=out.device)
+    return torch.where(has_key[:, None, None, None], out, zero)

@@ -1,4 +1,5 @@
-"""The one value-decomposition Q-learner: IQL, VDN and QMIX differ only in the mixer.
+"""The one value-decomposition Q-learner: IQL, VDN, QMIX, the attention mixer and QPLEX differ
+only in the mixer (QPLEX also reads the joint action and each agent's best utility).
 
 Read ``train`` top to bottom: the compute plan (``qmixlab.learners.compute_plan``) is prepared
 first, then the mask, the target, the loss and the update fit on one screen; every masking
@@ -17,15 +18,17 @@ from qmixlab.components.mask_options import MaskOptions
 from qmixlab.learners.compute_plan import plan_compute
 from qmixlab.learners.options import LearnerOptions  # also re-exported: defined without torch
 from qmixlab.learners.targets import lambda_returns
+from qmixlab.modules.mixers import QPLEXMixer
 
 
-def _mix_rows(mixer, agent_qs: torch.Tensor, states: torch.Tensor, rows) -> torch.Tensor:
-    """``mixer(agent_qs [B, T, N], states [B, T, S])`` -> [B, T, 1], computed only on ``rows``
-    (bool [B, T]; None: all) when that skips any; other rows hold zero."""
+def _mix_rows(mixer, rows, *inputs: torch.Tensor) -> torch.Tensor:
+    """``mixer(*inputs)`` (``agent_qs [B, T, N]``, ``states [B, T, S]`` and, for QPLEX, the
+    actions and best utilities ``[B, T, N]``) -> [B, T, 1], computed only on ``rows`` (bool
+    [B, T]; None: all) when that skips any; other rows hold zero."""
     if rows is None or bool(rows.all()):
-        return mixer(agent_qs, states)
+        return mixer(*inputs)
     index = rows.nonzero(as_tuple=True)
-    mixed = mixer(agent_qs[index].unsqueeze(0), states[index].unsqueeze(0))[0]  # [R, 1]
+    mixed = mixer(*(part[index].unsqueeze(0) for part in inputs))[0]  # [R, 1]
     return mixed.new_zeros(*rows.shape, 1).index_put(index, mixed)
 
 
@@ -34,7 +37,9 @@ class QLearner:
 
     ``mac`` is an ``AgentController`` (``unroll(obs, actions) -> [B, T, N, A]``), ``mixer`` a
     module ``(agent_qs [B, T, N], states [B, T, S]) -> [B, T, 1]`` or None for independent
-    Q-learning. ``options`` are the hyper-parameters, ``masks`` the masking rules of the loss.
+    Q-learning; a ``QPLEXMixer`` is also given the actions and each agent's best utility
+    ``(agent_qs, states, actions [B, T, N], max_qs [B, T, N])``. ``options`` are the
+    hyper-parameters, ``masks`` the masking rules of the loss.
     """
 
     def __init__(self, mac, mixer, n_agents: int, options: LearnerOptions, masks: MaskOptions, device="cpu"):
@@ -53,6 +58,7 @@ class QLearner:
         self.device = torch.device(device)
         self.mac = mac.to(self.device)
         self.mixer = mixer.to(self.device) if mixer is not None else None
+        self.mixer_reads_actions = isinstance(mixer, QPLEXMixer)
         self.target_mac = copy.deepcopy(self.mac)
         self.target_mixer = copy.deepcopy(self.mixer)
         for module in (self.target_mac, self.target_mixer):
@@ -94,16 +100,34 @@ class QLearner:
                 online_next = agent_qs[:, 1:].detach()
                 if unavailable is not None:
                     online_next = online_next.masked_fill(unavailable, rules.fill_value(online_next.dtype))
-                next_max_qs = next_qs.gather(3, online_next.argmax(dim=3, keepdim=True)).squeeze(3)
+                next_actions = online_next.argmax(dim=3, keepdim=True)
+                next_max_qs = next_qs.gather(3, next_actions).squeeze(3)
             else:
-                next_max_qs = next_qs.max(dim=3).values
+                next_max_qs, next_actions = next_qs.max(dim=3, keepdim=True)
+                next_max_qs = next_max_qs.squeeze(3)
+            if self.mixer_reads_actions:
+                # QPLEX's advantages: each utility against the agent's best available one. The
+                # chosen utility bounds it from below, so a row without available actions
+                # (padding) gets advantage zero rather than one against the fill value.
+                fill = rules.fill_value(agent_qs.dtype)
+                online_available = agent_qs[:, :-1].detach().masked_fill(~avail[:, :-1], fill)
+                best_qs = torch.maximum(online_available.max(dim=3).values, chosen_qs.detach())
+                next_best_qs = next_qs.max(dim=3).values  # the target's own best; differs under double-Q
         if rules.dead_agents == "zero_utilities":
             chosen_qs = torch.where(mask.alive[:, :-1], chosen_qs, zero)
             next_max_qs = torch.where(mask.alive[:, 1:], next_max_qs, zero)
+            if self.mixer_reads_actions:
+                best_qs = torch.where(mask.alive[:, :-1], best_qs, zero)
+                next_best_qs = torch.where(mask.alive[:, 1:], next_best_qs, zero)
         if self.mixer is not None:
-            chosen_qs = _mix_rows(self.mixer, chosen_qs, plan.state[:, :-1], plan.online_mixer_rows)  # [B, T-1, 1]
+            online_inputs = [chosen_qs, plan.state[:, :-1]]
+            target_inputs = [next_max_qs, plan.state[:, 1:]]
+            if self.mixer_reads_actions:
+                online_inputs += [actions[:, :-1, :, 0], best_qs]
+                target_inputs += [next_actions[..., 0], next_best_qs]
+            chosen_qs = _mix_rows(self.mixer, plan.online_mixer_rows, *online_inputs)  # [B, T-1, 1]
             with torch.no_grad():
-                next_max_qs = _mix_rows(self.target_mixer, next_max_qs, plan.state[:, 1:], plan.target_mixer_rows)
+                next_max_qs = _mix_rows(self.target_mixer, plan.target_mixer_rows, *target_inputs)
             element_mask = mask.step
         else:
             element_mask = mask_rules.build_agent_mask(mask.step, mask.alive[:, :-1], rules)
