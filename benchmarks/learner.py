@@ -14,6 +14,8 @@ target network run step by step with autograd bookkeeping, no trimming to the lo
 and the mask multiplied into the TD error.
 
     python benchmarks/learner.py [--repeats 7]
+    python benchmarks/learner.py --entity     # the entity-attention agent's step against the flat agent's
+
 
 Last line: ``learner_speedup_3m=<x> learner_speedup_27m=<x>``.
 """
@@ -222,6 +224,22 @@ class QmixlabStep:
         return self.learner.train(self.buffer.sample(batch_size))["loss"]
 
 
+class EntityStep(QmixlabStep):
+    """The same learner and batches with the entity-attention agent instead of the flat GRU agent
+    (issue 14's target: its step at most 3x the flat agent's on 3m)."""
+
+    def __init__(self, episodes: EpisodeBatch, n_agents, n_actions, state_dim, obs_dim, map_name, seed=0):
+        super().__init__(episodes, n_agents, n_actions, state_dim, obs_dim, seed)
+        from qmixlab.envs import make_batched_env
+        from qmixlab.modules.entity_agent import EntityAttentionAgent
+
+        layout = make_batched_env("smacsim", 1, seed=seed, map_name=map_name).get_spec().obs_layout
+        agent = EntityAttentionAgent(layout, n_actions, n_agents, hidden_dim=64, masks=MaskOptions())
+        mixer = build_mixer("qmix", n_agents, state_dim, mixing_embed_dim=32, hypernet_layers=2, hypernet_embed=64)
+        options = LearnerOptions(optimiser="rmsprop", lr=5e-4, optim_alpha=0.99, optim_eps=1e-5, td_lambda=0.0)
+        self.learner = QLearner(AgentController(agent, None), mixer, n_agents, options, MaskOptions())
+
+
 def time_steps(learner, repeats):
     learner.train_step(BATCH)  # warm-up
     times = []
@@ -236,9 +254,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--entity", action="store_true",
+                        help="only time the entity-attention agent beside the flat agent on 3m")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.entity:
+        return entity_ratio(args)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {BATCH} episodes")
     print(f"{'scheme':8s} {'episodes':9s} {'mean len':>8s} {'baseline ms':>12s} {'qmixlab ms':>11s} {'speedup':>8s}")
     speedups = {}
@@ -266,6 +288,22 @@ def main():
     print(f"learner_speedup_3m_full={speedups['3m', 'full']:.2f} "
           f"learner_speedup_27m_full={speedups['27m', 'full']:.2f}")
     print(f"learner_speedup_3m={speedups['3m', 'smacsim']:.2f} learner_speedup_27m={speedups['27m', 'smacsim']:.2f}")
+
+
+def entity_ratio(args) -> None:
+    """Training steps of the entity-attention agent against the flat GRU agent, same batches."""
+    n_agents, obs, state, n_actions, limit, map_name = SIZES["3m"]
+    episodes, lengths = smacsim_episodes(map_name, BUFFER_EPISODES)
+    flat = QmixlabStep(episodes, n_agents, n_actions, state, obs)
+    entity = EntityStep(episodes, n_agents, n_actions, state, obs, map_name)
+    flat_times, entity_times = [], []
+    for _ in range(max(1, args.repeats // 2)):
+        flat_times.append(time_steps(flat, 6))
+        entity_times.append(time_steps(entity, 6))
+    flat_ms, entity_ms = 1e3 * statistics.median(flat_times), 1e3 * statistics.median(entity_times)
+    print(f"3m, smacsim episodes (mean length {lengths.mean():.1f}): flat GRU agent {flat_ms:.1f} ms, "
+          f"entity-attention agent {entity_ms:.1f} ms")
+    print(f"entity_step_ratio_3m={entity_ms / flat_ms:.2f}")
 
 
 if __name__ == "__main__":
