@@ -41,6 +41,33 @@ from qmixlab.modules.gru import gru_packed, gru_sequence, packed_size
 RAGGED_MIN_SKIPPED_FRACTION = 0.1
 
 
+def check_agent_obs(obs, dims: int, layout: str, n_agents: int, obs_dim: int, detail: str = "") -> None:
+    """An agent network's observation input: a float tensor of ``dims`` dimensions ending in
+    ``[n_agents, obs_dim]``; the error names the shape expected (``layout``)."""
+    if not isinstance(obs, torch.Tensor) or not obs.is_floating_point() or obs.dim() != dims:
+        got = f"{tuple(obs.shape)} {obs.dtype}" if isinstance(obs, torch.Tensor) else type(obs).__name__
+        raise ValueError(f"obs must be a float tensor {layout}, got {got}")
+    if obs.shape[-2] != n_agents or obs.shape[-1] != obs_dim:
+        raise ValueError(f"obs has shape {tuple(obs.shape)}, expected {layout} with "
+                         f"n_agents={n_agents}, obs_dim={obs_dim}{detail}")
+
+
+def check_last_actions(last_actions, obs, n_actions: int) -> None:
+    """Previous actions shaped like ``obs`` without its last dimension, integer indices in
+    ``[0, n_actions]`` (``n_actions``: no previous action)."""
+    expected = tuple(obs.shape[:-1])
+    if not isinstance(last_actions, torch.Tensor) or tuple(last_actions.shape) != expected:
+        got = tuple(last_actions.shape) if isinstance(last_actions, torch.Tensor) else repr(last_actions)
+        raise ValueError(f"last_actions must be a tensor of shape {expected} (obs without its last dim), got {got}")
+    if last_actions.is_floating_point() or last_actions.dtype == torch.bool:
+        raise ValueError(f"last_actions must hold integer action indices, got dtype {last_actions.dtype}")
+    if last_actions.numel():
+        low, high = torch.aminmax(last_actions)
+        if low < 0 or high > n_actions:
+            raise ValueError(f"last_actions must be in [0, {n_actions}] ({n_actions} = no previous "
+                             f"action), got values in [{int(low)}, {int(high)}]")
+
+
 class RNNAgent(nn.Module):
     """fc1 + ReLU -> GRU -> fc2, shared by ``n_agents`` agents; Q-values over ``n_actions``.
 
@@ -183,28 +210,13 @@ class RNNAgent(nn.Module):
     # -- internals ---------------------------------------------------------------------------
 
     def _check_obs(self, obs, dims, layout):
-        if not isinstance(obs, torch.Tensor) or not obs.is_floating_point() or obs.dim() != dims:
-            got = f"{tuple(obs.shape)} {obs.dtype}" if isinstance(obs, torch.Tensor) else type(obs).__name__
-            raise ValueError(f"obs must be a float tensor {layout}, got {got}")
-        if obs.shape[-2] != self.n_agents or obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"obs has shape {tuple(obs.shape)}, expected {layout} with "
-                             f"n_agents={self.n_agents}, obs_dim={self.obs_dim}")
+        check_agent_obs(obs, dims, layout, self.n_agents, self.obs_dim)
 
     def _time_major_actions(self, last_actions, obs, time_dim):
         """Validate last_actions against obs and return them as [T, B, N] (None if unused)."""
         if not self.use_last_action:
             return None
-        expected = tuple(obs.shape[:-1])
-        if not isinstance(last_actions, torch.Tensor) or tuple(last_actions.shape) != expected:
-            got = tuple(last_actions.shape) if isinstance(last_actions, torch.Tensor) else repr(last_actions)
-            raise ValueError(f"last_actions must be a tensor of shape {expected} (obs without its last dim), got {got}")
-        if last_actions.is_floating_point() or last_actions.dtype == torch.bool:
-            raise ValueError(f"last_actions must hold integer action indices, got dtype {last_actions.dtype}")
-        if last_actions.numel():
-            low, high = torch.aminmax(last_actions)
-            if low < 0 or high > self.n_actions:
-                raise ValueError(f"last_actions must be in [0, {self.n_actions}] ({self.n_actions} = no previous "
-                                 f"action), got values in [{int(low)}, {int(high)}]")
+        check_last_actions(last_actions, obs, self.n_actions)
         if time_dim == 0:
             return last_actions.unsqueeze(0)
         return last_actions.transpose(0, 1)

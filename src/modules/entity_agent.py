@@ -33,6 +33,7 @@ from torch import nn
 
 from qmixlab.components.masks import MaskOptions, attention_key_mask, hide_unseen_entities, masked_attention
 from qmixlab.envs.spec import ObsLayout
+from qmixlab.modules.agents import check_agent_obs, check_last_actions
 from qmixlab.modules.entities import ObsEntities, split_observation
 from qmixlab.modules.gru import gru_sequence
 
@@ -185,28 +186,13 @@ class EntityAttentionAgent(nn.Module):
     # -- checks ------------------------------------------------------------------------------
 
     def _check_obs(self, obs, dims, layout):
-        if not isinstance(obs, torch.Tensor) or not obs.is_floating_point() or obs.dim() != dims:
-            got = f"{tuple(obs.shape)} {obs.dtype}" if isinstance(obs, torch.Tensor) else type(obs).__name__
-            raise ValueError(f"obs must be a float tensor {layout}, got {got}")
-        if obs.shape[-2] != self.n_agents or obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"obs has shape {tuple(obs.shape)}, expected {layout} with "
-                             f"n_agents={self.n_agents}, obs_dim={self.obs_dim} ({self.obs_layout})")
+        check_agent_obs(obs, dims, layout, self.n_agents, self.obs_dim, detail=f" ({self.obs_layout})")
 
     def _checked_actions(self, last_actions, obs, unsqueeze_dim):
         """last_actions validated against obs (shape obs.shape[:-1]); [B, T, N] long, or None."""
         if not self.use_last_action:
             return None
-        expected = tuple(obs.shape[:-1])
-        if not isinstance(last_actions, torch.Tensor) or tuple(last_actions.shape) != expected:
-            got = tuple(last_actions.shape) if isinstance(last_actions, torch.Tensor) else repr(last_actions)
-            raise ValueError(f"last_actions must be a tensor of shape {expected} (obs without its last dim), got {got}")
-        if last_actions.is_floating_point() or last_actions.dtype == torch.bool:
-            raise ValueError(f"last_actions must hold integer action indices, got dtype {last_actions.dtype}")
-        if last_actions.numel():
-            low, high = torch.aminmax(last_actions)
-            if low < 0 or high > self.n_actions:
-                raise ValueError(f"last_actions must be in [0, {self.n_actions}] ({self.n_actions} = no previous "
-                                 f"action), got values in [{int(low)}, {int(high)}]")
+        check_last_actions(last_actions, obs, self.n_actions)
         last_actions = last_actions.long()
         return last_actions if unsqueeze_dim is None else last_actions.unsqueeze(unsqueeze_dim)
 
