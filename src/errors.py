@@ -17,6 +17,11 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, corrupt or does not match the run; the message names the file."""
 
 
+class MissingPackageError(UserError, ImportError):
+    """An optional package a chosen backend needs is not installed; the message names the pip
+    command."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped the run after saving (sacred records it as INTERRUPTED)."""
 

@@ -84,17 +84,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, MissingPackageError
 from .multiagentenv import MultiAgentEnv
 
 GYMNASIUM_PIP = "pip install 'gymnasium>=1.0'"
 STATE_CHOICES = ("auto", "env", "concat_obs")
 REWARD_REDUCTIONS = ("sum", "mean")
 _SCALAR_BOOLS = (bool, np.bool_)
-
-
-class MissingPackageError(UserError, ImportError):
-    """An optional package a backend needs is not installed; the message has the pip command."""
 
 
 # ------------------------------------------------------------------------------ families

@@ -72,6 +72,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import MissingPackageError
 from .multiagentenv import MultiAgentEnv
 
 PETTINGZOO_INSTALL = "pip install 'pettingzoo>=1.24'"
@@ -113,7 +114,7 @@ def import_pettingzoo():
     try:
         return importlib.import_module("pettingzoo")
     except ImportError as err:
-        raise ImportError(
+        raise MissingPackageError(
             f"the 'pettingzoo' and 'mpe' backends need PettingZoo, which is not importable ({err}). "
             f"Install it with\n    {PETTINGZOO_INSTALL}\n(or qmixlab's extra: pip install 'qmixlab[pettingzoo]')"
         ) from err
@@ -123,7 +124,7 @@ def _import_mpe2():
     try:
         return importlib.import_module("mpe2")
     except ImportError as err:
-        raise ImportError(
+        raise MissingPackageError(
             f"the 'mpe' backend needs the mpe2 package (the Multi-Particle Environments), which is not "
             f"importable ({err}). Install it with\n    {MPE_INSTALL}\n(or qmixlab's extra: "
             "pip install 'qmixlab[mpe]')"
