@@ -118,3 +118,66 @@ def plan_resume(checkpoint_path: Optional[str], load_step: Optional[str] = None)
     path = find_readable_checkpoint(checkpoint_path, step)  # an unreadable latest one gives way, with a warning
     recorded = read_checkpoint_config(path)
     return ResumePlan(checkpoint=path, recorded=nest_dotted(flatten_dotted(recorded)) if recorded else None)
+
+
+# Keys in which the members of one group differ; everything else they share.
+MEMBER_KEYS = ("seed", "local_results_path", "checkpoint_path", "load_step", "seeds", "member_results_paths",
+               "member_checkpoint_paths")
+
+
+@dataclass(frozen=True)
+class GroupResumePlan:
+    """``checkpoint_path=[<run>, ...]``: the members of a ``seeds=[...]`` process (or any runs
+    that differ only in seed and results folder) continue together in one process."""
+
+    plans: tuple
+    run_folders: tuple  # as given on the command line
+
+    @property
+    def alg(self) -> Optional[str]:
+        return self.plans[0].alg
+
+    @property
+    def env(self) -> Optional[str]:
+        return self.plans[0].env
+
+    def check_flags(self, **flags: Optional[str]) -> None:
+        for plan in self.plans:
+            plan.check_flags(**flags)
+
+    def apply(self, config_updates: dict, log: Optional[logging.Logger] = None) -> dict:
+        """The group's configuration: the members' shared recorded settings overlaid with
+        ``config_updates``, with one seed, results folder and checkpoint per member."""
+        if any(plan.recorded is None for plan in self.plans):
+            raise ConfigError("a checkpoint of this group records no settings (written by an older qmixlab): "
+                              "resume its runs one at a time")
+        shared = [{k: v for k, v in flatten_dotted(plan.recorded).items() if k.split(".")[0] not in MEMBER_KEYS}
+                  for plan in self.plans]
+        for plan, values in zip(self.plans[1:], shared[1:]):
+            differing = sorted(k for k in set(values) | set(shared[0]) if values.get(k) != shared[0].get(k))
+            if differing:
+                raise ConfigError(
+                    f"checkpoint {str(plan.checkpoint)!r} was trained with other settings than "
+                    f"{str(self.plans[0].checkpoint)!r} (first difference: {differing[0]}="
+                    f"{values.get(differing[0])!r} vs {shared[0].get(differing[0])!r}): only runs that differ "
+                    "in seed can resume together")
+        updates = {k: v for k, v in config_updates.items() if k != "checkpoint_path"}
+        merged = [plan.apply(updates, log) for plan in self.plans]  # refuses fixed keys, announces overrides
+        seeds = [int(plan.recorded["seed"]) for plan in self.plans]
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"the checkpoints hold runs of the same seed ({seeds}): each member needs its own")
+        group = {k: v for k, v in merged[0].items() if k not in MEMBER_KEYS}
+        group.update(seeds=seeds, checkpoint_path="", load_step=0,
+                     member_results_paths=[str(plan.recorded.get("local_results_path", "results")) for plan in self.plans],
+                     member_checkpoint_paths=[str(folder) for folder in self.run_folders])
+        return group
+
+
+def plan_group_resume(checkpoint_paths, load_step: Optional[str] = None) -> GroupResumePlan:
+    if load_step and str(load_step).strip() not in ("0", ""):
+        raise ConfigError(f"load_step={load_step!r} with several checkpoints: a group resumes each member from "
+                          "its latest readable checkpoint")
+    folders = tuple(str(path) for path in checkpoint_paths)
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"checkpoint_path lists a run twice: {list(folders)}")
+    return GroupResumePlan(tuple(plan_resume(folder) for folder in folders), folders)

@@ -8,6 +8,13 @@ optimiser, replay buffer, counters, pending statistics, every point logged so fa
 settings and every random-number state), so a resumed run on CPU reproduces the uninterrupted one
 exactly and its record holds every point the uninterrupted run's has. ``LoopCounters.t_env`` is
 the one count of environment steps; the runner is told it, never keeps its own.
+
+Several seeds in one process (``seeds=[...]``, issue 16): each seed is a ``Member`` with
+everything a separate run owns (its environments, replay buffer, exploration stream, counters,
+logger, checkpoints), while the networks are stacked over the members
+(``qmixlab.modules.stacked``) so that one call computes all of them. The loop is the same for one
+member and for many: every member rolls out, trains, tests, logs and saves on its own schedule,
+exactly as its separate run would; a member that finishes or fails stops alone.
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import os
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,13 +45,15 @@ from qmixlab.components.replay_buffer import ReplayBuffer, StorageOptions
 from qmixlab.components.schedules import LinearSchedule
 from qmixlab.controllers.agent_controller import AgentController
 from qmixlab.envs import make_batched_env
+from qmixlab.envs.members import MemberEnvs
+from qmixlab.components.episode_batch import EpisodeBatch
 from qmixlab.learners.q_learner import QLearner
 from qmixlab.metrics import RunLogger
 from qmixlab.modules.agents import RNNAgent
 from qmixlab.modules.entities import require_obs_layout
 from qmixlab.modules.entity_agent import EntityAttentionAgent
 from qmixlab.modules.mixers import build_mixer
-from qmixlab.runners.batch_runner import BatchRunner, EpisodeStats
+from qmixlab.runners.batch_runner import BatchRunner, EpisodeStats, episode_scheme
 from qmixlab.errors import ConfigError, RunInterrupted, UserError
 from qmixlab.settings import RunSettings
 
@@ -67,14 +76,39 @@ class LoopCounters:
     saved_once: bool = False
 
 
+RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+
+
+@dataclass
+class Member:
+    """One seed's run inside the process: everything but the (stacked) networks."""
+
+    index: int
+    settings: RunSettings
+    env: object  # this member's own batched environment
+    buffer: ReplayBuffer
+    generator: torch.Generator  # the exploration stream
+    counters: LoopCounters = field(default_factory=LoopCounters)
+    logger: Optional[RunLogger] = None
+    models_dir: Optional[Path] = None
+    state: str = RUNNING
+    error: Optional[BaseException] = None
+    test_summary: dict = field(default_factory=dict)
+
+
 @dataclass
 class Components:
-    env: object
+    env: object  # the members' environments as one batched environment (member-major)
     env_info: dict
     mac: AgentController
     learner: QLearner
     runner: BatchRunner
-    buffer: ReplayBuffer
+    members: List[Member]
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        """The replay buffer of a one-member run."""
+        return self.members[0].buffer
 
 
 def _state_last_action_block(settings: RunSettings, spec):
@@ -113,12 +147,15 @@ def set_threads(settings: RunSettings) -> None:
                     settings.torch_threads, threads, available)
 
 
-def build_components(settings: RunSettings) -> Components:
-    set_threads(settings)
-    torch.manual_seed(settings.seed)
-    np.random.seed(settings.seed % (2**32))
-    env = make_batched_env(settings.env, settings.batch_size_run, seed=settings.seed, **settings.env_args)
-    spec = env.get_spec()
+def exploration_generator(seed: int, device) -> torch.Generator:
+    """The exploration stream of the run with ``seed`` (its own, so that runs sharing a process
+    draw exactly what they would draw alone)."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0]))
+    return generator
+
+
+def _check_env_supports(settings: RunSettings, env, spec) -> None:
     if settings.masks.dead_agents != "none" and not spec.can_tell_dead_agents:
         env.close()
         raise ConfigError(
@@ -132,7 +169,10 @@ def build_components(settings: RunSettings) -> Components:
             f"mixer.name='attention' splits the state into ally and enemy entities, but environment "
             f"{settings.env!r} declares no state layout (docs/environments.md); use mixer.name=qmix or qplex"
         )
-    env_info = env.get_env_info()
+
+
+def _build_networks(settings: RunSettings, env, spec):
+    """The agent and mixer of one run (initialised from torch's global generator)."""
     n_agents, n_actions = spec.n_agents, spec.n_actions
     agent_settings = settings.agent
     if agent_settings.name == "entity_attention":
@@ -149,9 +189,6 @@ def build_components(settings: RunSettings) -> Components:
     else:
         agent = RNNAgent(spec.obs_shape, n_actions, n_agents, hidden_dim=agent_settings.hidden_dim,
                          use_last_action=agent_settings.use_last_action, use_agent_id=agent_settings.use_agent_id)
-    epsilon = settings.epsilon
-    selector = EpsilonGreedyActionSelector(LinearSchedule(epsilon.start, epsilon.finish, epsilon.anneal_time))
-    mac = AgentController(agent, selector)
     mixer_settings = settings.mixer
     mixer = build_mixer(mixer_settings.name, n_agents, spec.state_shape,
                         mixing_embed_dim=mixer_settings.mixing_embed_dim,
@@ -163,16 +200,56 @@ def build_components(settings: RunSettings) -> Components:
                         attention_layers=mixer_settings.attention_layers,
                         qplex_attention_heads=mixer_settings.qplex_attention_heads,
                         qplex_adv_hypernet_embed=mixer_settings.qplex_adv_hypernet_embed)
-    learner = QLearner(mac, mixer, n_agents, settings.learner, settings.masks, device=settings.device)
-    runner = BatchRunner(env, learner.mac)
-    storage = StorageOptions(
-        obs_dtype=getattr(torch, settings.buffer.obs_dtype),
-        state_dtype=getattr(torch, settings.buffer.state_dtype),
-        state_last_action=_state_last_action_block(settings, spec),
-    )
-    buffer = ReplayBuffer(runner.scheme, runner.groups, settings.buffer_size, runner.max_seq_length,
-                          storage=storage, device="cpu", seed=settings.seed)
-    return Components(env, env_info, learner.mac, learner, runner, buffer)
+    return agent, mixer
+
+
+def build_components(settings: RunSettings) -> Components:
+    """Everything a run needs; with ``seeds``, one ``Member`` per seed around stacked networks.
+    Each member's environment, networks and buffer are built exactly as its separate run builds
+    them (same seeds, same order of random draws)."""
+    set_threads(settings)
+    envs, agents, mixers, members = [], [], [], []
+    try:
+        for k in range(settings.members):
+            member = settings.member(k)
+            torch.manual_seed(member.seed)
+            np.random.seed(member.seed % (2**32))
+            env = make_batched_env(member.env, member.batch_size_run, seed=member.seed, **member.env_args)
+            envs.append(env)
+            spec = env.get_spec()
+            _check_env_supports(member, env, spec)
+            agent, mixer = _build_networks(member, env, spec)
+            agents.append(agent)
+            mixers.append(mixer)
+            storage = StorageOptions(
+                obs_dtype=getattr(torch, member.buffer.obs_dtype),
+                state_dtype=getattr(torch, member.buffer.state_dtype),
+                state_last_action=_state_last_action_block(member, spec),
+            )
+            scheme, groups, _ = episode_scheme(spec)
+            buffer = ReplayBuffer(scheme, groups, member.buffer_size, spec.episode_limit + 1,
+                                  storage=storage, device="cpu", seed=member.seed)
+            members.append(Member(k, member, env, buffer, exploration_generator(member.seed, member.device)))
+    except BaseException:
+        for env in envs:
+            env.close()
+        raise
+    spec = envs[0].get_spec()
+    epsilon = settings.epsilon
+    selector = EpsilonGreedyActionSelector(LinearSchedule(epsilon.start, epsilon.finish, epsilon.anneal_time))
+    if len(members) == 1:
+        env, agent, mixer, generator = envs[0], agents[0], mixers[0], members[0].generator
+    else:
+        from qmixlab.modules.stacked import stack_members
+
+        env = MemberEnvs(envs)
+        agent = stack_members(agents)
+        mixer = stack_members(mixers) if mixers[0] is not None else None
+        generator = [m.generator for m in members]
+    mac = AgentController(agent, selector)
+    learner = QLearner(mac, mixer, spec.n_agents, settings.learner, settings.masks, device=settings.device)
+    runner = BatchRunner(env, learner.mac, generator=generator)
+    return Components(env, env.get_env_info(), learner.mac, learner, runner, members)
 
 
 def compatibility(settings: RunSettings, env_info: dict) -> dict:
@@ -192,42 +269,56 @@ def compatibility(settings: RunSettings, env_info: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- random states
-def _rng_state(parts: Components) -> dict:
+def _member_env_rng_state(parts: Components, member: Member):
+    if isinstance(parts.env, MemberEnvs):
+        return parts.env.member_rng_state(member.index)
+    env = member.env
+    return env.get_rng_state() if hasattr(env, "get_rng_state") else None
+
+
+def _rng_state(parts: Components, member: Member) -> dict:
     numpy_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-        "env": parts.env.get_rng_state() if hasattr(parts.env, "get_rng_state") else None,
+        "env": _member_env_rng_state(parts, member),
+        "exploration": member.generator.get_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(parts: Components, state: dict) -> None:
+def _set_rng_state(parts: Components, member: Member, state: dict) -> None:
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if state.get("env") is not None and hasattr(parts.env, "set_rng_state"):
-        parts.env.set_rng_state(state["env"])
+    if isinstance(parts.env, MemberEnvs):
+        parts.env.set_member_rng_state(member.index, state.get("env"))
+    elif state.get("env") is not None and hasattr(member.env, "set_rng_state"):
+        member.env.set_rng_state(state["env"])
+    if state.get("exploration") is not None:
+        member.generator.set_state(state["exploration"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_payload(settings, parts, counters, logger, include_buffer: bool) -> dict:
+def checkpoint_payload(parts: Components, member: Member, include_buffer: bool) -> dict:
+    """Member's checkpoint, laid out exactly as its separate run's."""
     return {
-        "compatibility": compatibility(settings, parts.env_info),
-        "settings": asdict(settings),
-        "learner": parts.learner.state_dict(),
-        "buffer": parts.buffer.state_dict() if include_buffer else None,
-        "counters": asdict(counters),
-        "logger": logger.state_dict(),
-        "rng": _rng_state(parts),
+        "compatibility": compatibility(member.settings, parts.env_info),
+        "settings": asdict(member.settings),
+        "learner": parts.learner.member_state_dict(member.index),
+        "buffer": member.buffer.state_dict() if include_buffer else None,
+        "counters": asdict(member.counters),
+        "logger": member.logger.state_dict(),
+        "rng": _rng_state(parts, member),
     }
 
 
-def restore(settings, parts, logger, counters: LoopCounters, weights_only_for_eval=False) -> Path:
-    """Load ``settings.checkpoint_path`` (the latest readable checkpoint, or ``load_step``'s)."""
+def restore(parts: Components, member: Member, weights_only_for_eval=False) -> Path:
+    """Load the member's ``checkpoint_path`` (the latest readable checkpoint, or ``load_step``'s)."""
+    settings = member.settings
     expected = compatibility(settings, parts.env_info)
     if weights_only_for_eval:
         path = find_checkpoint(settings.checkpoint_path, settings.load_step)
@@ -235,39 +326,52 @@ def restore(settings, parts, logger, counters: LoopCounters, weights_only_for_ev
     else:
         path, payload = load_latest_readable(settings.checkpoint_path, settings.load_step, expected=expected)
     try:
-        parts.learner.load_state_dict(payload["learner"])
+        parts.learner.load_member_state_dict(member.index, payload["learner"])
         if weights_only_for_eval:
             return path
         if payload["buffer"] is not None:
-            parts.buffer.load_state_dict(payload["buffer"])
+            member.buffer.load_state_dict(payload["buffer"])
         for key, value in payload["counters"].items():
-            setattr(counters, key, value)
-        logger.load_state_dict(payload["logger"], replay_history=True)
-        _set_rng_state(parts, payload["rng"])
+            setattr(member.counters, key, value)
+        member.logger.load_state_dict(payload["logger"], replay_history=True)
+        _set_rng_state(parts, member, payload["rng"])
     except (KeyError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {error}") from error
     return path
 
 
 # --------------------------------------------------------------------------- evaluation
-def run_tests(settings, parts, t_env: int) -> Optional[EpisodeStats]:
-    """``test_nepisode`` greedy episodes (rounded up to whole rollouts); None when it is 0."""
-    if settings.test_nepisode == 0:
-        return None
+def run_tests(settings, parts, t_env, testing: Optional[Sequence[bool]] = None):
+    """``test_nepisode`` greedy episodes (rounded up to whole rollouts) of every member marked in
+    ``testing`` (default all), as one ``EpisodeStats`` per member (None for the others, and for
+    everyone when ``test_nepisode`` is 0)."""
+    K = len(parts.members)
+    testing = [True] * K if testing is None else list(testing)
+    if settings.test_nepisode == 0 or not any(testing):
+        return [None] * K
     rounds = math.ceil(settings.test_nepisode / settings.batch_size_run)
+    played = []
     with single_threaded():
-        return EpisodeStats.concatenate(
-            [parts.runner.run(test_mode=True, t_env=t_env)[1] for _ in range(rounds)])
+        for _ in range(rounds):
+            if K == 1:
+                played.append(parts.runner.run(test_mode=True, t_env=t_env[0])[1])
+            else:
+                played.append(parts.runner.run(test_mode=True, t_env=list(t_env), members=np.array(testing))[1])
+    n = settings.batch_size_run
+    return [EpisodeStats.concatenate([stats.select(slice(k * n, (k + 1) * n)) for stats in played])
+            if testing[k] else None for k in range(K)]
 
 
 def evaluate(settings: RunSettings, logger: RunLogger) -> dict:
     parts = build_components(settings)
+    member = parts.members[0]
+    member.logger = logger
     if not settings.checkpoint_path:
         log.warning("evaluate=True without checkpoint_path: evaluating an untrained network")
     else:
-        path = restore(settings, parts, logger, LoopCounters(), weights_only_for_eval=True)
+        path = restore(parts, member, weights_only_for_eval=True)
         log.info("evaluating %s", path)
-    stats = run_tests(settings, parts, t_env=0)
+    (stats,) = run_tests(settings, parts, t_env=[0])
     results = {} if stats is None else {"test_" + k: v for k, v in stats.summary().items()}
     for key, value in results.items():
         logger.log(key, value, 0)
@@ -340,89 +444,165 @@ def _progress_bar(settings, start):
 
 def train(settings: RunSettings, logger: RunLogger, models_dir: Optional[Path] = None) -> dict:
     """Train until ``t_max`` environment steps; returns the last logged test statistics."""
+    (member,) = train_members(settings, [logger], [models_dir])
+    return member.test_summary
+
+
+def train_members(settings: RunSettings, loggers: Sequence[RunLogger],
+                  models_dirs: Sequence[Optional[Path]], on_member_done=None) -> List[Member]:
+    """Train every member (one per seed; ``loggers`` and ``models_dirs`` per member) until its
+    ``t_max``; returns the members, each ``finished`` or ``failed`` (its ``error`` says why),
+    and calls ``on_member_done(member)`` as each one stops. A one-member run raises its error
+    instead. A stop request (SIGINT/SIGTERM) saves every running member and raises
+    ``RunInterrupted``."""
     parts = build_components(settings)
-    counters = LoopCounters(last_test_t=-settings.test_interval - 1)
-    if models_dir is not None and Path(models_dir).is_dir():
-        for leftover in cleanup_interrupted_saves(models_dir):
-            log.warning("removed %s, left by a save that was killed", leftover)
-    if settings.checkpoint_path:
-        path = restore(settings, parts, logger, counters)
-        log.info("resumed from %s at t_env=%d", path, counters.t_env)
-    runner, learner, buffer = parts.runner, parts.learner, parts.buffer
-    bar = _progress_bar(settings, counters.t_env)
+    members = parts.members
+    K = len(members)
+    for member, logger, models_dir in zip(members, loggers, models_dirs, strict=True):
+        member.logger, member.models_dir = logger, models_dir
+        member.counters = LoopCounters(last_test_t=-settings.test_interval - 1)
+        if models_dir is not None and Path(models_dir).is_dir():
+            for leftover in cleanup_interrupted_saves(models_dir):
+                log.warning("removed %s, left by a save that was killed", leftover)
+        if member.settings.checkpoint_path:
+            path = restore(parts, member)
+            log.info("%sresumed from %s at t_env=%d", _who(member, K), path, member.counters.t_env)
+    runner, learner = parts.runner, parts.learner
+    schedule = learner.mac.action_selector.schedule
+    n = settings.batch_size_run
+    bar = _progress_bar(settings, min(m.counters.t_env for m in members))
     started = time.time()
 
-    def save(reason: str) -> Optional[Path]:
-        if models_dir is None:
+    def save(member: Member, reason: str) -> Optional[Path]:
+        if member.models_dir is None:
             return None
+        counters = member.counters
         # Set before the payload is built, so that a resumed run keeps the uninterrupted run's
         # schedule; only periodic saves move it (an interrupted save falls between them).
         if reason == "periodic":
             counters.last_save_t = counters.t_env
         counters.saved_once = True
-        payload = checkpoint_payload(settings, parts, counters, logger, settings.buffer.save_in_checkpoint)
-        folder = save_checkpoint(models_dir, counters.t_env, payload)
-        log.info("saved checkpoint %s (%s)", folder, reason)
+        payload = checkpoint_payload(parts, member, settings.buffer.save_in_checkpoint)
+        folder = save_checkpoint(member.models_dir, counters.t_env, payload)
+        log.info("%ssaved checkpoint %s (%s)", _who(member, K), folder, reason)
         return folder
 
-    test_summary = {}
-    with _StopRequest(saving=models_dir is not None) as stop:
-        while counters.t_env <= settings.t_max:
-            with single_threaded():
-                batch, stats = runner.run(test_mode=False, t_env=counters.t_env)
-            buffer.insert_episode_batch(batch)
-            logger.accumulate(stats.summary(), weight=len(stats.returns))
-            logger.accumulate({"epsilon": learner.mac.action_selector.epsilon})
-            counters.t_env += int(stats.lengths.sum())
-            if buffer.can_sample(settings.batch_size):
-                train_stats = learner.train(buffer.sample(settings.batch_size), counters.t_env, counters.episode)
-                if not math.isfinite(train_stats["loss"]):
-                    raise NonFiniteLossError(
-                        f"non-finite loss {train_stats['loss']} at t_env={counters.t_env}: training stopped; "
-                        "the last good checkpoint is kept")
-                logger.accumulate(train_stats)
-            counters.episode += runner.n_envs
+    def fail(member: Member, error: BaseException) -> None:
+        if K == 1:
+            raise error
+        member.state, member.error = FAILED, error
+        log.error("%s%s; the other members go on", _who(member, K), error)
+        if on_member_done is not None:
+            on_member_done(member)
 
-            logged = False
-            if (counters.t_env - counters.last_test_t) / settings.test_interval >= 1.0:
-                test_stats = run_tests(settings, parts, counters.t_env)
-                if test_stats is not None:
-                    test_summary = {"test_" + k: v for k, v in test_stats.summary().items()}
-                    for key, value in test_summary.items():
-                        logger.log(key, value, counters.t_env)
-                    logged = True
-                counters.last_test_t = counters.t_env
-            if counters.t_env - counters.last_log_t >= settings.log_interval:
-                values = logger.flush(counters.t_env)
-                values.update(test_summary)
-                logger.print_summary(counters.t_env, counters.episode, values)
-                counters.last_log_t = counters.t_env
-                logged = True
-            if logged:
-                logger.persist()  # a kill now loses no logged point
-            if bar is not None:
-                bar.update(counters.t_env - bar.n)
-                bar.set_postfix(test_win=f"{logger.latest('test_battle_won_mean'):.2f}", refresh=False)
-            if settings.save_model and (
-                not counters.saved_once or counters.t_env - counters.last_save_t >= settings.save_model_interval
-            ):
-                save("periodic")
-            if stop.requested:
-                folder = save("interrupted") if settings.save_model else None
-                name = signal.Signals(stop.signal).name
-                if folder is None:
-                    message = f"{name}: stopped at t_env={counters.t_env} (save_model=False: nothing saved)"
-                else:
-                    message = (f"{name}: stopped at t_env={counters.t_env}; checkpoint {folder}; resume with: "
-                               f"qmixlab with checkpoint_path={folder.parent}")
+    try:
+        with _StopRequest(saving=any(m.models_dir is not None for m in members)) as stop:
+            while True:
+                for member in members:
+                    if member.state == RUNNING and member.counters.t_env > settings.t_max:
+                        if settings.save_model:
+                            save(member, "final")
+                        member.state = FINISHED
+                        if on_member_done is not None:
+                            on_member_done(member)
+                running = [m.state == RUNNING for m in members]
+                if not any(running):
+                    break
+                playing = [m for m in members if m.state == RUNNING]
+                t_envs = [m.counters.t_env for m in members]
+                with single_threaded():
+                    batch, stats = runner.run(test_mode=False, t_env=t_envs[0] if K == 1 else t_envs,
+                                              members=None if K == 1 else np.array(running))
+                for member in playing:
+                    rows = slice(member.index * n, (member.index + 1) * n)
+                    member_stats = stats.select(rows)
+                    member.buffer.insert_episode_batch(batch if K == 1 else batch[rows])
+                    member.logger.accumulate(member_stats.summary(), weight=len(member_stats.returns))
+                    member.logger.accumulate({"epsilon": float(schedule(member.counters.t_env))})
+                    member.counters.t_env += int(member_stats.lengths.sum())
+                if playing[0].buffer.can_sample(settings.batch_size):  # every member holds as many episodes
+                    samples = [m.buffer.sample(settings.batch_size) for m in members]
+                    episode = playing[0].counters.episode
+                    if K == 1:
+                        train_stats = [learner.train(samples[0], playing[0].counters.t_env, episode)]
+                    else:
+                        train_stats = learner.train(EpisodeBatch.concatenate(samples), playing[0].counters.t_env,
+                                                    episode, active=running)
+                    for member in playing:
+                        member_train = train_stats[member.index]
+                        if not math.isfinite(member_train["loss"]):
+                            fail(member, NonFiniteLossError(
+                                f"non-finite loss {member_train['loss']} at t_env={member.counters.t_env}: "
+                                "training stopped; the last good checkpoint is kept"))
+                        else:
+                            member.logger.accumulate(member_train)
+                playing = [m for m in playing if m.state == RUNNING]
+                for member in playing:
+                    member.counters.episode += n
+
+                testing = [m.state == RUNNING and
+                           (m.counters.t_env - m.counters.last_test_t) / settings.test_interval >= 1.0
+                           for m in members]
+                logged = [False] * K
+                if any(testing):
+                    results = run_tests(settings, parts, [m.counters.t_env for m in members], testing)
+                    for member, test_stats in zip(members, results):
+                        if not testing[member.index]:
+                            continue
+                        if test_stats is not None:
+                            member.test_summary = {"test_" + k: v for k, v in test_stats.summary().items()}
+                            for key, value in member.test_summary.items():
+                                member.logger.log(key, value, member.counters.t_env)
+                            logged[member.index] = True
+                        member.counters.last_test_t = member.counters.t_env
+                for member in playing:
+                    counters, logger = member.counters, member.logger
+                    if counters.t_env - counters.last_log_t >= settings.log_interval:
+                        values = logger.flush(counters.t_env)
+                        values.update(member.test_summary)
+                        logger.print_summary(counters.t_env, counters.episode, values)
+                        counters.last_log_t = counters.t_env
+                        logged[member.index] = True
+                    if logged[member.index]:
+                        logger.persist()  # a kill now loses no logged point
                 if bar is not None:
-                    bar.close()
-                parts.env.close()
-                raise RunInterrupted(message, 128 + stop.signal)
-    if settings.save_model:
-        save("final")
-    if bar is not None:
-        bar.close()
-    parts.env.close()
-    log.info("finished %d environment steps in %.1f s", counters.t_env, time.time() - started)
-    return test_summary
+                    bar.update(min(m.counters.t_env for m in playing or members) - bar.n)
+                    bar.set_postfix(test_win=f"{members[0].logger.latest('test_battle_won_mean'):.2f}",
+                                    refresh=False)
+                for member in playing:
+                    counters = member.counters
+                    if settings.save_model and (
+                        not counters.saved_once or counters.t_env - counters.last_save_t >= settings.save_model_interval
+                    ):
+                        save(member, "periodic")
+                if stop.requested:
+                    _stop(settings, members, stop.signal, save)
+    finally:
+        if bar is not None:
+            bar.close()
+        parts.env.close()
+    log.info("finished %s environment steps in %.1f s",
+             "/".join(str(m.counters.t_env) for m in members), time.time() - started)
+    return members
+
+
+def _who(member: Member, members: int) -> str:
+    """The log prefix naming a member (nothing for a one-member run)."""
+    return "" if members == 1 else f"[seed {member.settings.seed}] "
+
+
+def _stop(settings, members: List[Member], signum: int, save) -> None:
+    """Save every running member and raise ``RunInterrupted``."""
+    name = signal.Signals(signum).name
+    folders = [save(m, "interrupted") if settings.save_model else None for m in members if m.state == RUNNING]
+    t_env = "/".join(str(m.counters.t_env) for m in members if m.state == RUNNING)
+    if not any(folders):
+        message = f"{name}: stopped at t_env={t_env} (save_model=False: nothing saved)"
+    elif len(folders) == 1:
+        message = (f"{name}: stopped at t_env={t_env}; checkpoint {folders[0]}; resume with: "
+                   f"qmixlab with checkpoint_path={folders[0].parent}")
+    else:
+        paths = ",".join(str(folder.parent) for folder in folders)
+        message = (f"{name}: stopped at t_env={t_env}; checkpoints saved; resume the members with: "
+                   f"qmixlab with checkpoint_path=[{paths}]")
+    raise RunInterrupted(message, 128 + signum)

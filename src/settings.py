@@ -18,7 +18,7 @@ import difflib
 import importlib.resources
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
 
@@ -123,6 +123,11 @@ class RunSettings:
     local_results_path: str = "results"
     use_tensorboard: bool = False
     progress_bar: bool = True
+    # Several seeds trained in one process, as a batch dimension (README, "Many seeds in one
+    # process"): member k runs as ``seed=seeds[k] local_results_path=member_results_paths[k]``.
+    seeds: List[int] = field(default_factory=list)
+    member_results_paths: List[str] = field(default_factory=list)
+    member_checkpoint_paths: List[str] = field(default_factory=list)  # a group resumed from its members' runs
     # sections
     agent: AgentSettings = field(default_factory=AgentSettings)
     epsilon: EpsilonSettings = field(default_factory=EpsilonSettings)
@@ -159,6 +164,7 @@ class RunSettings:
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError(f"device={self.device!r} must be 'cpu', 'cuda' or 'cuda:<index>'")
         # Cross-field rules, checked here so that nothing is built before they fail.
+        self._check_members()
         if self.masks.dead_agents == "agent_loss_mask" and self.mixer.name not in (None, "none"):
             raise ConfigError(
                 f"masks.dead_agents='agent_loss_mask' masks per-agent losses and needs mixer.name=none "
@@ -174,6 +180,39 @@ class RunSettings:
                         f"only (agent.name={self.agent.name!r} has no attention: an unseen entity is a block "
                         "of zeros in its input); add agent.name=entity_attention"
                     )
+
+
+    def _check_members(self) -> None:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={self.seeds} lists a seed twice: each member needs its own seed")
+        for key in ("member_results_paths", "member_checkpoint_paths"):
+            paths = getattr(self, key)
+            if paths and len(paths) != len(self.seeds):
+                raise ConfigError(
+                    f"{key} has {len(paths)} entries but seeds={self.seeds} has {len(self.seeds)}: give one "
+                    "per seed, or none")
+        if self.member_checkpoint_paths and self.checkpoint_path:
+            raise ConfigError(f"checkpoint_path={self.checkpoint_path!r} and member_checkpoint_paths both given: "
+                              "a group resumes from member_checkpoint_paths (one per seed)")
+        if self.seeds and self.evaluate:
+            raise ConfigError(f"seeds={self.seeds} trains several seeds; evaluate=True evaluates one checkpoint: "
+                              "evaluate each member's checkpoint with its own command")
+
+    @property
+    def members(self) -> int:
+        """How many seeds this process trains (1 without ``seeds``)."""
+        return max(1, len(self.seeds))
+
+    def member(self, k: int) -> "RunSettings":
+        """Member k's settings: exactly a separate run's with ``seed=seeds[k]``."""
+        if not self.seeds:
+            if k != 0:
+                raise IndexError(f"member {k} of a run without seeds (one member)")
+            return self
+        path = self.member_results_paths[k] if self.member_results_paths else self.local_results_path
+        checkpoint = self.member_checkpoint_paths[k] if self.member_checkpoint_paths else self.checkpoint_path
+        return dataclasses.replace(self, seed=self.seeds[k], local_results_path=path, checkpoint_path=checkpoint,
+                                   seeds=[], member_results_paths=[], member_checkpoint_paths=[])
 
 
 # PyMARL's and pymarl2's flat keys, answered with their qmixlab names (README's mapping table).
@@ -282,6 +321,13 @@ def _check_value(value, hint, path: str):
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint_text = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{path}={value!r} is not one of {list(choices)}{hint_text}")
+    if origin in (list, List):
+        (item,) = typing.get_args(hint)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {path}={value!r}")
+        return [_check_value(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Dict) or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a mapping, got {value!r}")

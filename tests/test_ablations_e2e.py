@@ -31,6 +31,7 @@ def test_tiny_sweep_through_the_real_cli_then_report(tmp_path):
         "base": {"t_max": 3000, "test_interval": 1000, "log_interval": 1000, "test_nepisode": 4,
                  "batch_size_run": 4, "batch_size": 8, "buffer_size": 64, "save_model": False},
         "variants": ["standard", "timeout_as_terminal"], "maps": ["3m"], "seeds": [0, 1],
+        "seeds_per_process": 1,  # one process per run: the single-run command line (groups: the test below)
     }))
     out = tmp_path / "sweep"
     ablate = subprocess.run(
@@ -57,3 +58,41 @@ def test_tiny_sweep_through_the_real_cli_then_report(tmp_path):
     assert "4 expected; 4 finished" in text and "## Summary" in text
     assert (out / "figures" / "curves_test_battle_won_mean.png").exists()
     assert set(json.loads((out / "marl_eval.json").read_text())["smacsim"]["3m"]) == {"standard", "timeout_as_terminal"}
+
+
+@pytest.mark.slow
+def test_the_seeds_of_a_variant_train_in_one_real_process_each_recorded_as_its_own_run(tmp_path):
+    if not _cli_works():
+        pytest.skip("`python -m qmixlab print_config` fails: the training CLI is not usable yet")
+    sweep_file = tmp_path / "tiny.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "tiny-groups", "alg": "qmix", "env": "smacsim",
+        "base": {"t_max": 2000, "test_interval": 1000, "log_interval": 1000, "test_nepisode": 4,
+                 "batch_size_run": 4, "batch_size": 8, "buffer_size": 64, "save_model": False},
+        "variants": ["standard"], "maps": ["3m"], "seeds": [0, 1, 2],  # seeds_per_process: the default, 5
+    }))
+    out = tmp_path / "sweep"
+    ablate = subprocess.run(
+        [sys.executable, "-m", "qmixlab", "ablate", str(sweep_file), "--out", str(out), "--workers", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+    statuses = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("runs/*/status.json"))}
+    errors = {rid: s.get("error") for rid, s in statuses.items() if s["state"] != "finished"}
+    assert ablate.returncode == 0 and not errors, f"{ablate.stdout}\n{ablate.stderr}\nrun errors: {errors}"
+    assert "3 to run in 1 process" in ablate.stdout
+    members = [f"standard__3m__seed{seed}" for seed in (0, 1, 2)]
+    assert sorted(statuses) == members
+    logs = set()
+    for seed, run_id in enumerate(members):
+        status, folder = statuses[run_id], out / "runs" / run_id
+        assert status["group"] == members and status["command"][1:4] == ["-m", "qmixlab", "with"]
+        assert "seeds=[0, 1, 2]" in status["command"] and "-F" not in status["command"]
+        (sacred,) = (run_json.parent for run_json in folder.glob("sacred/*/run.json"))  # beside sacred/_sources/
+        assert json.loads((sacred / "run.json").read_text())["status"] == "COMPLETED"
+        assert json.loads((sacred / "config.json").read_text())["seed"] == seed
+        assert json.loads((sacred / "metrics.json").read_text())["test_battle_won_mean"]["steps"], run_id
+        logs.add(((folder / "stdout.log").read_text(), (folder / "stderr.log").read_text()))
+    assert len(logs) == 1  # the one process's output, in every member's folder
+
+    again = subprocess.run([sys.executable, "-m", "qmixlab", "ablate", str(sweep_file), "--out", str(out), "--no-progress"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0 and "3 already finished" in again.stdout, again.stdout + again.stderr

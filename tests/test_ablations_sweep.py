@@ -323,7 +323,8 @@ def test_a_killed_sweep_leaves_its_run_to_be_rerun(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path)], stdout=subprocess.DEVNULL)
     run_dir = tmp_path / "runs" / "standard__3m__seed0"
     deadline = time.time() + 60
-    while run_state(run_dir).state != "running":
+    # status.json says running once the executor is about to start (the claim alone comes earlier)
+    while (execution.read_json(run_dir / "status.json") or {}).get("state") != "running":
         assert time.time() < deadline and process.poll() is None, "the sweep never started its run"
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
@@ -340,7 +341,10 @@ def test_a_killed_sweep_leaves_its_run_to_be_rerun(tmp_path):
 
 # --------------------------------------------------------------------------- the CLI
 def write_sweep_file(path, **updates):
-    raw = {"name": "cli", "base": {"t_max": 1000}, "variants": ["standard", "inf_fill_value"], "maps": ["3m"], "seeds": [0, 1]}
+    """A sweep file run one process per run (the fake executors here are single-run executors;
+    tests/test_ablations_groups.py covers several seeds per process)."""
+    raw = {"name": "cli", "base": {"t_max": 1000}, "variants": ["standard", "inf_fill_value"], "maps": ["3m"], "seeds": [0, 1],
+           "seeds_per_process": 1}
     raw.update(updates)
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -475,6 +479,7 @@ def test_examples_default_to_fresh_folders_and_the_committed_reproduction_is_kep
 def test_ablate_into_the_committed_reproduction_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(execution, "execute_cli_run", lambda run: pytest.fail(f"started {run.run_id}"))
+    monkeypatch.setattr(execution, "execute_cli_group", lambda runs: pytest.fail(f"started {runs[0].run_id}"))
     monkeypatch.setattr(sweep, "write_sweep_file", lambda *a: pytest.fail("wrote into the committed folder"))
     err = ablate_fails(capsys, "examples/ablations_smacsim.yaml", "--out", "results/ablations/masks-smacsim", "--dry-run")
     assert "results/ablations/masks-smacsim is a folder of sweeps (2s3z, 3m, 3m-1m)" in err and "--out DIR" in err

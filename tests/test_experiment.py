@@ -212,7 +212,7 @@ def test_environment_flagged_invalid_steps_reach_the_buffer_and_the_mask(tmp_pat
         def init_hidden(self, n):
             pass
 
-        def select_actions(self, obs, avail, t_env, test_mode=False, env_mask=None):
+        def select_actions(self, obs, avail, t_env, test_mode=False, env_mask=None, generator=None):
             return torch.as_tensor(avail[..., 1].astype("int64"))
 
     parts.runner.mac = StopForever()

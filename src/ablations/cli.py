@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import signal
 import sys
@@ -22,14 +23,22 @@ def _shell_word(token: str) -> str:
 
 
 def _ablate_parser() -> argparse.ArgumentParser:
+    from qmixlab.ablations.sweep import DEFAULT_SEEDS_PER_PROCESS
+
     parser = argparse.ArgumentParser(
         prog="qmixlab ablate",
-        description="Run a sweep of mask ablations: variants x maps x seeds, one training run each.")
-    parser.add_argument("sweep", help="sweep file (YAML: name, alg, env, base, variants, maps, seeds, per_map)")
+        description="Run a sweep of mask ablations: variants x maps x seeds, one training run each; runs that "
+                    "differ only in their seed train together, several in one process.")
+    parser.add_argument("sweep", help="sweep file (YAML: name, alg, env, base, variants, maps, seeds, per_map, seeds_per_process)")
     parser.add_argument("--out", help="sweep folder (default: results/ablations/<name>)")
     parser.add_argument("--append", action="store_true",
                         help="add runs to a sweep folder that holds kept results (tracked by git, or with a README.md)")
-    parser.add_argument("--workers", type=int, help="runs at once (default: cores // threads per run)")
+    parser.add_argument("--workers", type=int,
+                        help="training processes at once, each one run or a group of seeds (default: one per core)")
+    parser.add_argument("--seeds-per-process", type=int, metavar="N",
+                        help="runs of one variant and map (different seeds) trained in one process; 1 = a process "
+                             "per run (default: the sweep file's seeds_per_process, else "
+                             f"{DEFAULT_SEEDS_PER_PROCESS})")
     parser.add_argument("--backend", choices=("local", "ray"), default="local")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     parser.add_argument("--retry-failed", action="store_true", help="rerun failed runs (otherwise reported and skipped)")
@@ -67,23 +76,73 @@ def _check_destination(sweep_dir: Path, append: bool) -> str:
     return "" if append or reason is None else f"{sweep_dir} {reason}"
 
 
-def _refuse_invalid_runs(sweep_file, runs) -> None:
+def _refuse_invalid_runs(sweep_file, runs, seeds_per_process: int) -> None:
     from qmixlab.ablations import sweep
 
     failures = sweep.invalid_runs(runs)
-    if not failures:
+    if failures:
+        for run, message in failures:
+            print(f"qmixlab ablate: run {run.run_id}: {message}", file=sys.stderr)
+        raise ConfigError(f"{sweep_file}: {len(failures)} of {len(runs)} runs have an invalid configuration "
+                          "(listed above); nothing was started")
+    group_failures = sweep.invalid_groups(runs, seeds_per_process)
+    if group_failures:
+        for group, message in group_failures:
+            print(f"qmixlab ablate: {group[0].variant} on {group[0].map_name}, seeds {[run.seed for run in group]} "
+                  f"in one process: {message}", file=sys.stderr)
+        raise ConfigError(f"{sweep_file}: {len(group_failures)} code path(s) cannot train several seeds in one process "
+                          f"(listed above; seeds_per_process={seeds_per_process}); nothing was started. Each run "
+                          "alone is valid: --seeds-per-process 1 runs one process per run")
+
+
+def _print_dry_run(runs, sweep_dir, seeds_per_process: int, retry_failed: bool) -> None:
+    """Every run with its state; the command of each run (one process per run) or of each group
+    that would run, and which runs would not."""
+    from qmixlab.ablations import execution, sweep
+
+    planned = execution.plan(runs)
+
+    def line(run) -> str:
+        state = planned[run.run_id]
+        return f"{run.run_id}  [{state.state}{': ' + execution.first_line(state.detail) if state.detail else ''}]"
+
+    def command(tokens) -> str:
+        return "    " + " ".join(_shell_word(token) for token in tokens)
+
+    if seeds_per_process == 1:
+        for run in runs:
+            print(line(run))
+            print(command(sweep.build_command(run)))
+        print(f"{len(runs)} runs in {sweep_dir}, every configuration valid (dry run: nothing started)")
         return
-    for run, message in failures:
-        print(f"qmixlab ablate: run {run.run_id}: {message}", file=sys.stderr)
-    raise ConfigError(f"{sweep_file}: {len(failures)} of {len(runs)} runs have an invalid configuration "
-                      "(listed above); nothing was started")
+    todo = execution.runs_to_execute(runs, planned, retry_failed)
+    groups = execution.execution_units(todo, seeds_per_process)
+    for number, group in enumerate(groups, 1):
+        print(f"process {number}/{len(groups)}: {group[0].variant} on {group[0].map_name}, "
+              f"seeds {[run.seed for run in group]}")
+        for run in group:
+            print("  " + line(run))
+        print(command(sweep.build_group_command(group)))
+    chosen = {run.run_id for run in todo}
+    rest = [run for run in runs if run.run_id not in chosen]
+    if rest:
+        print("not run:")
+        for run in rest:
+            print("  " + line(run))
+    print(f"{len(runs)} runs in {sweep_dir}: {len(todo)} to run in {len(groups)} process{'es' if len(groups) != 1 else ''} "
+          f"of up to {seeds_per_process} seeds, every configuration valid (dry run: nothing started)")
 
 
-def ablate(argv: List[str], executor=None) -> int:
+def ablate(argv: List[str], executor=None, group_executor=None) -> int:
+    """``executor`` runs one run (seeds_per_process 1), ``group_executor`` a group of runs in one
+    process; both default to the real command line."""
     from qmixlab.ablations import execution, sweep
 
     args = _ablate_parser().parse_args(argv)
     spec = sweep.load_sweep(args.sweep, validate=False)
+    if args.seeds_per_process is not None:
+        spec = dataclasses.replace(
+            spec, seeds_per_process=sweep.check_seeds_per_process(args.seeds_per_process, "--seeds-per-process"))
     sweep.check_reserved_keys(spec)
     sweep_dir = Path(args.out) if args.out else sweep.default_sweep_dir(spec)
     kept = _check_destination(sweep_dir, args.append)
@@ -93,20 +152,17 @@ def ablate(argv: List[str], executor=None) -> int:
             "run it in another folder, or --append to add its runs to this one on purpose")
     spec = sweep.merge_with_existing(spec, sweep_dir)
     runs = sweep.expand(spec, sweep_dir)
-    _refuse_invalid_runs(args.sweep, runs)
+    _refuse_invalid_runs(args.sweep, runs, spec.seeds_per_process)
     if args.dry_run:
-        for run in runs:
-            state = execution.run_state(run.run_dir)
-            print(f"{run.run_id}  [{state.state}{': ' + execution.first_line(state.detail) if state.detail else ''}]")
-            print("    " + " ".join(_shell_word(token) for token in sweep.build_command(run)))
-        print(f"{len(runs)} runs in {sweep_dir}, every configuration valid (dry run: nothing started)")
+        _print_dry_run(runs, sweep_dir, spec.seeds_per_process, args.retry_failed)
         if kept:
             print(f"note: {kept}; without --dry-run this sweep is refused there unless you pass --out DIR or --append")
         return 0
     sweep.write_sweep_file(spec, sweep_dir)
     result = execution.run_sweep(
         runs, sweep_dir, executor=executor or execution.execute_cli_run, workers=args.workers,
-        backend=args.backend, address=args.address, retry_failed=args.retry_failed, progress=not args.no_progress)
+        backend=args.backend, address=args.address, retry_failed=args.retry_failed, progress=not args.no_progress,
+        seeds_per_process=spec.seeds_per_process, group_executor=group_executor or execution.execute_cli_group)
     finished = sum(1 for o in result.outcomes if o["result"] in ("finished", "skipped_finished"))
     if result.stopped_by:
         stopped = result.count(execution.INTERRUPTED)

@@ -6,10 +6,17 @@ Each run owns ``<sweep folder>/runs/<run id>/``:
   pid), removed when it is done. A claim whose pid is dead on this host is stale and reclaimed;
   a claim from another host is respected (that host may still be running it).
 * ``status.json``: ``{state: running|finished|failed|interrupted, error, command, host, pid,
-  started, ended, duration_s, attempt}``, replaced atomically.
+  started, ended, duration_s, attempt}``, replaced atomically; a run trained in a group also has
+  ``group`` (the run ids of the group's members, its process's ``command`` shared by all).
 * ``run_spec.json``: the run's variant, map, seed and overrides.
 * ``sacred/<id>/``: sacred's FileStorageObserver (``run.json``, ``metrics.json``, ...), and
-  ``stdout.log`` / ``stderr.log`` of the training process.
+  ``stdout.log`` / ``stderr.log`` of the training process (of a group's process: written in the
+  first member's folder while it runs, copied into the others' when it ends).
+
+Runs that differ only in their seed may train together, up to ``seeds_per_process`` of them in
+one process (``run_group``): every member is claimed and recorded as a run of its own, and its
+outcome is its own sacred run's status, so one member's failure fails only that member. A worker
+(pool process or Ray task) runs one such process at a time, whether it trains one run or a group.
 
 A run is finished when its status says so and sacred's ``run.json`` says COMPLETED. Re-running a
 sweep skips finished runs, skips (and reports) failed ones unless asked to retry them, and reruns
@@ -19,8 +26,10 @@ Ctrl-C (SIGINT) or SIGTERM stops a sweep: no further run is launched, the runnin
 and marked ``interrupted`` (their training processes get SIGTERM, then SIGKILL after
 ``STOP_GRACE_S``), and ``run_sweep`` returns with ``stopped_by`` set.
 
-The executor (``execute_run(run_spec) -> None``, raising on failure) is injectable: the default
-runs the real command line in a fresh interpreter, tests pass a fake one.
+The executors are injectable: ``execute_run(run_spec) -> None`` (raising on failure) for single
+runs and ``execute_group(run_specs) -> None`` for groups (each member's sacred ``run.json`` then
+says how it ended). The defaults (``execute_cli_run``, ``execute_cli_group``) run the real command
+line in a fresh interpreter; tests pass fake ones.
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from qmixlab.ablations.sweep import RunSpec, atomic_write_text, build_command
+from qmixlab.ablations.sweep import (RunSpec, atomic_write_text, build_command, build_group_command,
+                                     check_seeds_per_process, group_runs)
 from qmixlab.processes import pid_alive, process_start_ticks
 
 STATUS_FILE = "status.json"
@@ -63,6 +73,7 @@ STOP_GRACE_S = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Executor = Callable[[RunSpec], None]
+GroupExecutor = Callable[[List[RunSpec]], None]
 
 
 class RunFailed(RuntimeError):
@@ -332,6 +343,45 @@ def _error_text(error: BaseException) -> str:
     return "\n".join([message, "Traceback (innermost calls):", *where])
 
 
+def _skip_on_recheck(run: RunSpec, retry_failed: bool):
+    """``(outcome, state)``: the outcome when a claimed run turns out not to need running (another
+    host may have finished it meanwhile), else None with the run's state."""
+    state = run_state(run.run_dir, check_claim=False)
+    if state.state == FINISHED:
+        return {"run_id": run.run_id, "result": "skipped_finished"}, state
+    if state.state == FAILED and not retry_failed:
+        return {"run_id": run.run_id, "result": "skipped_failed", "detail": first_line(state.detail)}, state
+    return None, state
+
+
+class _Attempt:
+    """One attempt at a run: its folder cleared of the last attempt, its ``run_spec.json``, and its
+    ``status.json`` written now (state running) and again by ``record``."""
+
+    def __init__(self, run: RunSpec, previous: RunState, command: List[str], **fields):
+        self.run, self.run_dir = run, Path(run.run_dir)
+        attempt = int((previous.status or {}).get("attempt", 0)) + 1
+        _clear_attempt(self.run_dir)
+        write_json(self.run_dir / SPEC_FILE, run.to_dict())
+        self.started = time.time()
+        self.status = {"run_id": run.run_id, "state": RUNNING, "error": None, "command": command, **fields,
+                       "host": host_name(), "pid": os.getpid(), "started": now_iso(self.started), "ended": None,
+                       "duration_s": None, "attempt": attempt}
+        write_json(self.run_dir / STATUS_FILE, self.status)
+
+    def record(self, state: str, **fields) -> dict:
+        """Write the attempt's end into status.json; return the run's outcome."""
+        ended = time.time()
+        self.status.update(state=state, ended=now_iso(ended), duration_s=round(ended - self.started, 3), **fields)
+        write_json(self.run_dir / STATUS_FILE, self.status)
+        outcome = {"run_id": self.run.run_id, "result": state}
+        if state == FAILED:
+            outcome["detail"] = first_line(self.status["error"])
+        elif state == INTERRUPTED:
+            outcome["detail"] = f"stopped by {fields.get('interrupted_by')}"
+        return outcome
+
+
 def run_one(run: RunSpec, executor: Executor, retry_failed: bool, lock_path: str) -> dict:
     """Claim, execute and record one run; never raises for a failure of the run itself. A stop
     (SweepStopped, or KeyboardInterrupt as Ray's cancel raises it) marks the run interrupted."""
@@ -343,25 +393,10 @@ def run_one(run: RunSpec, executor: Executor, retry_failed: bool, lock_path: str
         return {"run_id": run.run_id, "result": "skipped_running",
                 "detail": f"claimed by host {holder.get('host')} pid {holder.get('pid')}"}
     try:
-        state = run_state(run_dir, check_claim=False)  # again: another host may have finished it meanwhile
-        if state.state == FINISHED:
-            return {"run_id": run.run_id, "result": "skipped_finished"}
-        if state.state == FAILED and not retry_failed:
-            return {"run_id": run.run_id, "result": "skipped_failed", "detail": first_line(state.detail)}
-        attempt = int((state.status or {}).get("attempt", 0)) + 1
-        _clear_attempt(run_dir)
-        write_json(run_dir / SPEC_FILE, run.to_dict())
-        started = time.time()
-        status = {"run_id": run.run_id, "state": RUNNING, "error": None, "command": build_command(run),
-                  "host": host_name(), "pid": os.getpid(), "started": now_iso(started), "ended": None,
-                  "duration_s": None, "attempt": attempt}
-        write_json(run_dir / STATUS_FILE, status)
-
-        def record(state: str, **fields) -> None:
-            ended = time.time()
-            status.update(state=state, ended=now_iso(ended), duration_s=round(ended - started, 3), **fields)
-            write_json(run_dir / STATUS_FILE, status)
-
+        skipped, state = _skip_on_recheck(run, retry_failed)
+        if skipped:
+            return skipped
+        attempt = _Attempt(run, state, build_command(run))
         try:
             with _STOP.interruptible_section():
                 executor(run)
@@ -370,18 +405,86 @@ def run_one(run: RunSpec, executor: Executor, retry_failed: bool, lock_path: str
                 raise RunFailed(f"the run returned but sacred's run.json says {sacred!r}, not 'COMPLETED'")
         except (SweepStopped, KeyboardInterrupt) as stop:
             _STOP.signal_name = _STOP.signal_name or str(stop) or "SIGINT"
-            record(INTERRUPTED, interrupted_by=_STOP.signal_name)
-            return {"run_id": run.run_id, "result": INTERRUPTED, "detail": f"stopped by {_STOP.signal_name}"}
+            return attempt.record(INTERRUPTED, interrupted_by=_STOP.signal_name)
         except Exception as error:  # a failed run is recorded; the sweep goes on
             if _STOP.requested:  # it died of the stop (e.g. its process got the terminal's Ctrl-C)
-                record(INTERRUPTED, interrupted_by=_STOP.signal_name or "SIGTERM")
-                return {"run_id": run.run_id, "result": INTERRUPTED, "detail": f"stopped by {_STOP.signal_name or 'SIGTERM'}"}
-            record(FAILED, error=_error_text(error))
-            return {"run_id": run.run_id, "result": FAILED, "detail": first_line(status["error"])}
-        record(FINISHED)
-        return {"run_id": run.run_id, "result": FINISHED}
+                return attempt.record(INTERRUPTED, interrupted_by=_STOP.signal_name or "SIGTERM")
+            return attempt.record(FAILED, error=_error_text(error))
+        return attempt.record(FINISHED)
     finally:
         release_claim(run_dir, claim)
+
+
+def _member_error(run_dir: Path, group_error: Optional[BaseException]) -> str:
+    """Why a member of a group did not complete: its own traceback when sacred recorded one
+    (``fail_trace``), otherwise what the group's process said (exit code and the end of stderr)."""
+    folder = sacred_run_dir(run_dir)
+    info = (read_json(folder / "run.json") if folder else None) or {}
+    said = f"sacred's run.json says {info.get('status')!r}, not 'COMPLETED'"
+    trace = "".join(info.get("fail_trace") or []).rstrip()
+    if trace:
+        lines = trace.splitlines()[-ERROR_TAIL_LINES:]
+        last = first_line("\n".join(reversed(lines)))
+        return f"{last} [{said}]\n--- last lines of sacred's fail_trace in {folder / 'run.json'}:\n" + "\n".join(lines)
+    if group_error is not None:
+        return f"{_error_text(group_error)}\n({said})"
+    tail = _tail(run_dir / "stderr.log")
+    return f"the group's process returned but {said}" + (f"\n--- last lines of {run_dir / 'stderr.log'}:\n{tail}" if tail else "")
+
+
+def run_group(runs: List[RunSpec], group_executor: GroupExecutor, retry_failed: bool, lock_path: str) -> List[dict]:
+    """Claim, execute in one process and record a group of runs sharing a code path; return each
+    run's outcome, in the order of ``runs``. Runs claimed by another live process, or finished
+    meanwhile, are left out of the group. Each member's outcome is its own sacred run's status:
+    COMPLETED is finished; otherwise it failed, or was interrupted when the sweep was stopped."""
+    if _STOP.requested:
+        return [{"run_id": run.run_id, "result": NOT_STARTED} for run in runs]
+    outcomes, claims, members, states = {}, {}, [], {}
+    try:
+        for run in runs:
+            claim, holder = claim_run(run.run_dir, lock_path)
+            if claim is None:
+                outcomes[run.run_id] = {"run_id": run.run_id, "result": "skipped_running",
+                                        "detail": f"claimed by host {holder.get('host')} pid {holder.get('pid')}"}
+                continue
+            claims[run.run_id] = claim
+            skipped, states[run.run_id] = _skip_on_recheck(run, retry_failed)
+            if skipped:
+                outcomes[run.run_id] = skipped
+            else:
+                members.append(run)
+        if members:
+            outcomes.update(_execute_group(members, states, group_executor))
+    finally:
+        for run in runs:
+            if run.run_id in claims:
+                release_claim(run.run_dir, claims[run.run_id])
+    return [outcomes[run.run_id] for run in runs]
+
+
+def _execute_group(members: List[RunSpec], states: Dict[str, RunState], group_executor: GroupExecutor) -> Dict[str, dict]:
+    command = build_group_command(members)
+    member_ids = [run.run_id for run in members]
+    attempts = [_Attempt(run, states[run.run_id], command, group=member_ids) for run in members]
+    stopped_by, group_error = None, None
+    try:
+        with _STOP.interruptible_section():
+            group_executor(members)
+    except (SweepStopped, KeyboardInterrupt) as stop:
+        stopped_by = _STOP.signal_name = _STOP.signal_name or str(stop) or "SIGINT"
+    except Exception as error:  # the process failed: each member's own sacred run says which
+        if _STOP.requested:  # it died of the stop (e.g. its process got the terminal's Ctrl-C)
+            stopped_by = _STOP.signal_name = _STOP.signal_name or "SIGTERM"
+        group_error = error
+    outcomes = {}
+    for attempt in attempts:
+        if sacred_status(attempt.run_dir) == "COMPLETED":  # it completed before any failure or stop
+            outcomes[attempt.run.run_id] = attempt.record(FINISHED)
+        elif stopped_by:
+            outcomes[attempt.run.run_id] = attempt.record(INTERRUPTED, interrupted_by=stopped_by)
+        else:
+            outcomes[attempt.run.run_id] = attempt.record(FAILED, error=_member_error(attempt.run_dir, group_error))
+    return outcomes
 
 
 def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
@@ -400,24 +503,42 @@ def _stop_process(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def execute_cli_run(run: RunSpec) -> None:
-    """The default executor: the training command line in a fresh interpreter, one thread."""
-    run_dir = Path(run.run_dir)
-    command = build_command(run)
+def _run_process(command: List[str], log_dir: Path) -> None:
+    """Run ``command`` with one thread, its output in ``log_dir``'s stdout.log and stderr.log;
+    raise RunFailed with the end of stderr when it exits non-zero."""
     env = {**os.environ, **THREAD_ENV}
     # Binding the child to this process's life needs preexec_fn, unsafe when threads exist.
     preexec = _bind_to_parent if threading.active_count() == 1 else None
-    with open(run_dir / "stdout.log", "w") as out, open(run_dir / "stderr.log", "w") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=run_dir, preexec_fn=preexec)
+    with open(log_dir / "stdout.log", "w") as out, open(log_dir / "stderr.log", "w") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=log_dir, preexec_fn=preexec)
         try:
             process.wait()
         except BaseException:  # the sweep is stopped: so is its training process
             _stop_process(process)
             raise
     if process.returncode != 0:
-        tail = _tail(run_dir / "stderr.log")
+        tail = _tail(log_dir / "stderr.log")
         last = first_line("\n".join(reversed(tail.splitlines()))) or "(no stderr)"
-        raise RunFailed(f"{last} [exit code {process.returncode}]\n--- last lines of {run_dir / 'stderr.log'}:\n{tail}")
+        raise RunFailed(f"{last} [exit code {process.returncode}]\n--- last lines of {log_dir / 'stderr.log'}:\n{tail}")
+
+
+def execute_cli_run(run: RunSpec) -> None:
+    """The default executor: the training command line in a fresh interpreter, one thread."""
+    _run_process(build_command(run), Path(run.run_dir))
+
+
+def execute_cli_group(runs: List[RunSpec]) -> None:
+    """The default group executor: the group's training command line in a fresh interpreter, one
+    thread. Its output goes to the first member's stdout.log and stderr.log while it runs, and is
+    copied into every other member's folder when it ends (however it ends)."""
+    first = Path(runs[0].run_dir)
+    try:
+        _run_process(build_group_command(runs), first)
+    finally:
+        for run in runs[1:]:
+            for name in ("stdout.log", "stderr.log"):
+                if (first / name).is_file():
+                    shutil.copyfile(first / name, Path(run.run_dir) / name)
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -443,6 +564,27 @@ def _should_run(state: RunState, retry_failed: bool) -> bool:
     return state.state in (PENDING, INTERRUPTED) or (state.state == FAILED and retry_failed)
 
 
+def runs_to_execute(runs: List[RunSpec], planned: Dict[str, RunState], retry_failed: bool) -> List[RunSpec]:
+    """The runs that need running, in the sweep's order: pending and interrupted ones, and failed
+    ones when retried."""
+    return [run for run in runs if _should_run(planned[run.run_id], retry_failed)]
+
+
+def execution_units(todo: List[RunSpec], seeds_per_process: int) -> List[List[RunSpec]]:
+    """What each training process runs: one run each when ``seeds_per_process`` is 1, otherwise
+    groups of runs sharing a code path (``group_runs``)."""
+    return [[run] for run in todo] if check_seeds_per_process(seeds_per_process) == 1 else group_runs(todo, seeds_per_process)
+
+
+def execute_unit(runs: List[RunSpec], executor, retry_failed: bool, lock_path: str, grouped: bool) -> List[dict]:
+    """One training process's share of the sweep, in a worker: a group of runs (``executor`` is a
+    group executor) or a single run (``executor`` runs one). Returns each run's outcome."""
+    if grouped:
+        return run_group(runs, executor, retry_failed, lock_path)
+    (run,) = runs
+    return [run_one(run, executor, retry_failed, lock_path)]
+
+
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
@@ -461,27 +603,33 @@ def _worker_init(stop_event, worker_pids):
     worker_pids.put(os.getpid())
 
 
-def _run_in_process(todo, executor, retry_failed, lock_path, on_outcome):
-    """One run at a time in this process: no pickling, the executor may be any callable."""
-    for run in todo:
+def _interrupted(unit: List[RunSpec], detail: str) -> List[dict]:
+    return [{"run_id": run.run_id, "result": INTERRUPTED, "detail": detail} for run in unit]
+
+
+def _run_in_process(units, work_args, on_outcomes):
+    """One unit (a run or a group) at a time in this process: no pickling, the executor may be
+    any callable."""
+    for unit in units:
         if _STOP.requested:
             return
-        on_outcome(run_one(run, executor, retry_failed, lock_path))
+        on_outcomes(execute_unit(unit, *work_args))
 
 
-def _run_pool(todo, executor, retry_failed, lock_path, workers, on_outcome):
-    """``workers`` processes, each handed one run at a time, so that a stop leaves no run queued
-    inside the pool. On a stop the workers get SIGTERM: each stops its run and marks it."""
+def _run_pool(units, work_args, workers, on_outcomes):
+    """``workers`` processes, each handed one unit (a run or a group) at a time, so that a stop
+    leaves nothing queued inside the pool. On a stop the workers get SIGTERM: each stops its
+    training process and marks its runs."""
     context = multiprocessing.get_context("spawn")  # no fork of a process that imported torch
     stop_event, pid_queue, worker_pids = context.Event(), context.SimpleQueue(), set()
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                                                   initargs=(stop_event, pid_queue))
-    queue, in_flight, deadline = list(todo), {}, None
+    queue, in_flight, deadline = list(units), {}, None
     try:
         while in_flight or (queue and deadline is None):
             while queue and len(in_flight) < workers and not _STOP.requested:
-                run = queue.pop(0)
-                in_flight[pool.submit(run_one, run, executor, retry_failed, lock_path)] = run
+                unit = queue.pop(0)
+                in_flight[pool.submit(execute_unit, unit, *work_args)] = unit
             if _STOP.requested and deadline is None:
                 stop_event.set()  # a worker still starting up will not begin its run
                 while not pid_queue.empty():
@@ -492,12 +640,12 @@ def _run_pool(todo, executor, retry_failed, lock_path, workers, on_outcome):
                 deadline = time.time() + STOP_GRACE_S + 30.0
             done, _ = concurrent.futures.wait(in_flight, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in done:
-                run = in_flight.pop(future)
+                unit = in_flight.pop(future)
                 try:
-                    outcome = future.result()
+                    outcomes = future.result()
                 except Exception as error:  # the worker itself died (e.g. killed): rerun next time
-                    outcome = {"run_id": run.run_id, "result": INTERRUPTED, "detail": repr(error)}
-                on_outcome(outcome)
+                    outcomes = _interrupted(unit, repr(error))
+                on_outcomes(outcomes)
             if deadline is not None and time.time() > deadline:
                 for pid in worker_pids:  # a worker that does not stop: its runs stay "running", rerun next time
                     with contextlib.suppress(ProcessLookupError):
@@ -518,7 +666,8 @@ def import_ray():
     return ray
 
 
-def _run_ray(todo, executor, retry_failed, lock_path, workers, address, on_outcome):
+def _run_ray(units, work_args, workers, address, on_outcomes):
+    """One Ray task (one CPU) per unit: a run, or a group of runs in one training process."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
@@ -528,31 +677,31 @@ def _run_ray(todo, executor, retry_failed, lock_path, workers, address, on_outco
             ray.init(address=address, log_to_driver=False)
         _take_stop_signals_back()  # ray.init installs its own handlers
     try:
-        remote_run = ray.remote(num_cpus=THREADS_PER_RUN, max_retries=0)(run_one)
-        queue = list(todo)
+        remote_unit = ray.remote(num_cpus=THREADS_PER_RUN, max_retries=0)(execute_unit)
+        queue = list(units)
         limit = workers or len(queue)
         in_flight, deadline = {}, None
         while in_flight or (queue and deadline is None):
             while queue and len(in_flight) < limit and not _STOP.requested:
-                run = queue.pop(0)
-                in_flight[remote_run.remote(run, executor, retry_failed, lock_path)] = run
+                unit = queue.pop(0)
+                in_flight[remote_unit.remote(unit, *work_args)] = unit
             if _STOP.requested and deadline is None:
-                for ref in in_flight:  # KeyboardInterrupt inside the task: run_one marks its run interrupted
+                for ref in in_flight:  # KeyboardInterrupt inside the task: its runs are marked interrupted
                     ray.cancel(ref)
                 deadline = time.time() + STOP_GRACE_S
             elif deadline is not None and time.time() > deadline:
-                for ref, run in in_flight.items():  # not stopped in time: its status stays "running"; rerun next time
+                for ref, unit in in_flight.items():  # not stopped in time: statuses stay "running"; rerun next time
                     ray.cancel(ref, force=True)
-                    on_outcome({"run_id": run.run_id, "result": INTERRUPTED, "detail": "force-cancelled after the stop"})
+                    on_outcomes(_interrupted(unit, "force-cancelled after the stop"))
                 break
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)  # a timeout: signals are seen
             for ref in ready:
-                run = in_flight.pop(ref)
+                unit = in_flight.pop(ref)
                 try:
-                    outcome = ray.get(ref)
+                    outcomes = ray.get(ref)
                 except Exception as error:  # cancelled, or the task's worker died: rerun next time
-                    outcome = {"run_id": run.run_id, "result": INTERRUPTED, "detail": first_line(str(error))}
-                on_outcome(outcome)
+                    outcomes = _interrupted(unit, first_line(str(error)))
+                on_outcomes(outcomes)
     finally:
         if started_here:
             ray.shutdown()
@@ -568,47 +717,58 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    seeds_per_process: int = 1,
+    group_executor: GroupExecutor = execute_cli_group,
 ) -> SweepOutcome:
     """Execute the runs that still need it; return what happened to every run.
 
-    SIGINT or SIGTERM stops the sweep: no run is launched after it, the running ones are stopped
-    and marked interrupted, and the result's ``stopped_by`` names the signal."""
+    With ``seeds_per_process`` 1 each run is one process (``executor``); above 1, runs sharing a
+    code path train in groups of up to that many, one process per group (``group_executor``).
+    ``workers`` counts processes. SIGINT or SIGTERM stops the sweep: nothing is launched after
+    it, the running processes are stopped, their runs marked interrupted, and the result's
+    ``stopped_by`` names the signal."""
     if backend not in ("local", "ray"):
         raise AblationError(f"backend {backend!r} is not one of ['local', 'ray']")
     if workers is not None and workers < 1:
         raise AblationError(f"workers={workers!r} must be >= 1")
+    check_seeds_per_process(seeds_per_process)
     if backend == "ray":
         import_ray()  # fail before anything else with the install hint
     lock_path = str(Path(sweep_dir).resolve() / LOCK_FILE)
     result = SweepOutcome(planned=plan(runs))
-    todo = []
+    todo = runs_to_execute(runs, result.planned, retry_failed)
     for run in runs:
         state = result.planned[run.run_id]
         if _should_run(state, retry_failed):
-            todo.append(run)
-        elif state.state == FINISHED:
+            continue
+        if state.state == FINISHED:
             result.outcomes.append({"run_id": run.run_id, "result": "skipped_finished"})
         elif state.state == FAILED:
             result.outcomes.append({"run_id": run.run_id, "result": "skipped_failed", "detail": first_line(state.detail)})
         else:
             result.outcomes.append({"run_id": run.run_id, "result": "skipped_running", "detail": state.detail})
-    log(f"{len(runs)} runs: {len(todo)} to run, {result.count('skipped_finished')} already finished, "
+    grouped = seeds_per_process > 1
+    units = execution_units(todo, seeds_per_process)
+    in_processes = f" in {len(units)} process{'es' if len(units) != 1 else ''}" if grouped else ""
+    log(f"{len(runs)} runs: {len(todo)} to run{in_processes}, {result.count('skipped_finished')} already finished, "
         f"{result.count('skipped_failed')} failed before (skipped{'' if retry_failed else '; --retry-failed reruns them'}), "
         f"{result.count('skipped_running')} running elsewhere")
+    work_args = (group_executor if grouped else executor, retry_failed, lock_path, grouped)
     local_workers = workers or default_workers()
     with _stop_on_signals() as stop, _progress(len(todo), progress) as bar:
-        def on_outcome(outcome):
-            result.outcomes.append(outcome)
-            bar.update(1)
-            if outcome["result"] == FAILED:
-                bar.write(f"run {outcome['run_id']} failed: {outcome.get('detail', '')}")
+        def on_outcomes(outcomes):
+            for outcome in outcomes:
+                result.outcomes.append(outcome)
+                bar.update(1)
+                if outcome["result"] == FAILED:
+                    bar.write(f"run {outcome['run_id']} failed: {outcome.get('detail', '')}")
 
-        if todo and backend == "local" and local_workers == 1:
-            _run_in_process(todo, executor, retry_failed, lock_path, on_outcome)
-        elif todo and backend == "local":
-            _run_pool(todo, executor, retry_failed, lock_path, local_workers, on_outcome)
-        elif todo:
-            _run_ray(todo, executor, retry_failed, lock_path, workers, address, on_outcome)
+        if units and backend == "local" and local_workers == 1:
+            _run_in_process(units, work_args, on_outcomes)
+        elif units and backend == "local":
+            _run_pool(units, work_args, local_workers, on_outcomes)
+        elif units:
+            _run_ray(units, work_args, workers, address, on_outcomes)
         result.stopped_by = stop.signal_name
     reported = {o["run_id"] for o in result.outcomes}
     result.outcomes += [{"run_id": run.run_id, "result": NOT_STARTED} for run in todo if run.run_id not in reported]

@@ -5,6 +5,10 @@ command line (``build_command``), identified by ``<variant>__<map>__seed<k>`` an
 folder ``<sweep folder>/runs/<run id>/``. Every run's configuration, composed exactly as its
 command line composes it, is validated against the schema (``qmixlab.settings.validate_run``)
 before any run starts, so a misspelled key or map fails at once, naming the run.
+
+Runs that differ only in their seed share a code path; up to ``seeds_per_process`` of them train
+together in one process (``group_runs``, ``build_group_command``), each writing the same files as
+its own single run would.
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ import yaml
 from qmixlab.settings import ConfigError, available, deep_merge, load_yaml, validate_run
 
 # ``descriptions`` is written into the resolved ``sweep.yaml``, which is itself a valid sweep file.
-SWEEP_KEYS = ("name", "alg", "env", "base", "variants", "maps", "seeds", "per_map", "descriptions")
+SWEEP_KEYS = ("name", "alg", "env", "base", "variants", "maps", "seeds", "per_map", "descriptions",
+              "seeds_per_process")
 REQUIRED_KEYS = ("name", "variants", "maps", "seeds")
 # Keys the sweep sets itself for every run; an override of them would be silently overridden.
-RESERVED_KEYS = ("alg", "env", "seed", "local_results_path", "progress_bar", "env_args.map_name")
+RESERVED_KEYS = ("alg", "env", "seed", "local_results_path", "progress_bar", "env_args.map_name", "seeds",
+                 "member_results_paths")
+# Runs of one code path (variant and map) trained in one process unless the sweep says otherwise.
+DEFAULT_SEEDS_PER_PROCESS = 5
 REFERENCE_VARIANT = "standard"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -58,6 +66,8 @@ class SweepSpec:
     seeds: List[int]
     per_map: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     descriptions: Dict[str, str] = field(default_factory=dict)
+    # How the runs are executed, not what they are: merging sweep folders never conflicts on it.
+    seeds_per_process: int = DEFAULT_SEEDS_PER_PROCESS
 
     def to_dict(self) -> dict:
         """The resolved spec (written as ``sweep.yaml``): inline variants only, no preset names."""
@@ -94,6 +104,14 @@ def _check_name(kind: str, name) -> str:
             "'-' without '__' (it becomes part of a folder name)"
         )
     return name
+
+
+def check_seeds_per_process(value, where: str = "seeds_per_process") -> int:
+    """``value`` if it is a positive integer (how many runs of one code path share a process)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}={value!r} must be a positive integer: how many seeds of one variant and map "
+                          "train in one process (1 = one process per run)")
+    return value
 
 
 def _mapping(value, where: str) -> dict:
@@ -176,12 +194,16 @@ def parse_sweep(raw: dict, source: str = "sweep", validate: bool = True,
         variants, descriptions = _resolve_variants(raw["variants"])
     except ConfigError as error:
         raise ConfigError(f"{at('variants')}: {error}") from None
+    try:
+        seeds_per_process = check_seeds_per_process(raw.get("seeds_per_process", DEFAULT_SEEDS_PER_PROCESS))
+    except ConfigError as error:
+        raise ConfigError(f"{at('seeds_per_process')}: {error}") from None
     stored = _mapping(raw.get("descriptions"), "descriptions")
     descriptions.update({k: str(v) for k, v in stored.items() if k in variants})
     spec = SweepSpec(
         name=name, alg=str(raw.get("alg", "qmix")), env=str(raw.get("env", "smacsim")),
         base=_mapping(raw.get("base"), f"{at('base')}: base"), variants=variants, maps=list(maps),
-        seeds=list(seeds), per_map=per_map, descriptions=descriptions,
+        seeds=list(seeds), per_map=per_map, descriptions=descriptions, seeds_per_process=seeds_per_process,
     )
     if validate:
         validate_sweep(spec)
@@ -338,7 +360,8 @@ def _union(first: list, second: list) -> list:
 def merge_with_existing(spec: SweepSpec, sweep_dir) -> SweepSpec:
     """Combine ``spec`` with the ``sweep.yaml`` already in ``sweep_dir`` (another machine's share
     of the same sweep): maps, seeds and variants are united; anything both define must agree,
-    otherwise the two sweeps' results would be mixed under one name."""
+    otherwise the two sweeps' results would be mixed under one name. ``seeds_per_process`` is
+    ``spec``'s: it changes how runs are executed, not what they compute."""
     path = Path(sweep_dir) / "sweep.yaml"
     if not path.is_file():
         return spec
@@ -436,3 +459,75 @@ def build_command(run: RunSpec, python: Optional[str] = None) -> List[str]:
     tokens = [f"{key}={format_value(value, key)}" for key, value in command_overrides(run).items()]
     return [python or sys.executable, "-m", "qmixlab", "-F", os.path.join(str(run.run_dir), "sacred"), "with", *tokens]
 
+
+
+# --------------------------------------------------------------------------- several seeds in one process
+# What a group's command sets per member: everything else is the members' shared code path.
+_MEMBER_KEYS = ("seed", "local_results_path")
+
+
+def shared_command_tokens(run: RunSpec) -> Tuple[str, ...]:
+    """The command-line tokens of ``run`` other than its seed and results folder: runs with the same
+    tokens share a code path and may train in one process."""
+    return tuple(f"{key}={format_value(value, key)}" for key, value in command_overrides(run).items()
+                 if key not in _MEMBER_KEYS)
+
+
+def group_runs(runs: List[RunSpec], seeds_per_process: int) -> List[List[RunSpec]]:
+    """Groups of at most ``seeds_per_process`` runs sharing a code path, members in the order of
+    ``runs`` (the sweep's seed order). Seed-major like ``expand``: every code path's first group
+    comes before any code path's second group, so a sweep stopped part-way still compares every
+    variant."""
+    check_seeds_per_process(seeds_per_process)
+    by_path: Dict[Tuple[str, ...], List[RunSpec]] = {}
+    for run in runs:
+        by_path.setdefault(shared_command_tokens(run), []).append(run)
+    chunks = [[members[i:i + seeds_per_process] for i in range(0, len(members), seeds_per_process)]
+              for members in by_path.values()]
+    return [path_chunks[index] for index in range(max(map(len, chunks), default=0))
+            for path_chunks in chunks if index < len(path_chunks)]
+
+
+def group_command_overrides(runs: List[RunSpec]) -> Dict[str, Any]:
+    """The dotted keys and values a group's command line sets, in order (after ``with``): the
+    members' seeds and results folders, then the code path they share. Raises ValueError for runs
+    that do not share a code path or repeat a seed."""
+    if not runs:
+        raise ValueError("a group needs at least one run")
+    shared = {key: value for key, value in command_overrides(runs[0]).items() if key not in _MEMBER_KEYS}
+    tokens = shared_command_tokens(runs[0])
+    strays = [run.run_id for run in runs[1:] if shared_command_tokens(run) != tokens]
+    if strays:
+        raise ValueError(f"runs {strays} do not share {runs[0].run_id}'s code path (only their seeds may differ), "
+                         "so they cannot train in one process")
+    seeds = [run.seed for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a group's seeds must differ, got {seeds} for {[run.run_id for run in runs]}")
+    return {"seeds": seeds, "member_results_paths": [str(run.run_dir) for run in runs], **shared}
+
+
+def build_group_command(runs: List[RunSpec], python: Optional[str] = None) -> List[str]:
+    """The training command of a group of runs sharing a code path: one process in which member k
+    writes exactly what ``build_command(runs[k])`` would (its sacred run under
+    ``<run_dir>/sacred/``, its models under ``<run_dir>/models/``)."""
+    tokens = [f"{key}={format_value(value, key)}" for key, value in group_command_overrides(runs).items()]
+    return [python or sys.executable, "-m", "qmixlab", "with", *tokens]
+
+
+def invalid_groups(runs: List[RunSpec], seeds_per_process: int) -> List[Tuple[List[RunSpec], str]]:
+    """``(group, message)`` for each code path whose group command's configuration does not
+    validate (what only a group sets, e.g. several seeds with ``evaluate=True``); checked on each
+    code path's first group. None when every run is its own process."""
+    if check_seeds_per_process(seeds_per_process) == 1:
+        return []
+    failures, checked = [], set()
+    for group in group_runs(runs, seeds_per_process):
+        path = shared_command_tokens(group[0])
+        if path in checked:
+            continue
+        checked.add(path)
+        try:
+            validate_run(group[0].alg, group[0].env, group_command_overrides(group))
+        except ConfigError as error:
+            failures.append((group, str(error)))
+    return failures

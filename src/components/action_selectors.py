@@ -85,6 +85,29 @@ class EpsilonGreedyActionSelector:
         return chosen
 
 
+    def select_actions_for_members(self, agent_qs, avail_actions, t_envs, test_mode, generators, member_rows):
+        """``select_actions`` of several runs at once: member k owns the rows ``member_rows[k]``
+        (an index tensor, in order) and draws from ``generators[k]`` with its own ``t_envs[k]``,
+        exactly what its own call would draw; the rest is computed once for all rows."""
+        chosen = greedy_actions(agent_qs, avail_actions)
+        if test_mode:
+            self.epsilon = 0.0
+            return chosen
+        explore = torch.zeros(chosen.shape, dtype=torch.bool, device=chosen.device)
+        scores = torch.full(agent_qs.shape, -1.0, device=chosen.device)
+        for rows, t_env, generator in zip(member_rows, t_envs, generators):
+            epsilon = float(self.schedule(t_env))
+            if not 0.0 <= epsilon <= 1.0:
+                raise ValueError(f"epsilon must be in [0, 1], the schedule gave {epsilon} at t_env={t_env}")
+            self.epsilon = epsilon
+            if epsilon > 0.0 and rows.numel():
+                kwargs = {"generator": generator} if generator is not None else {}
+                explore[rows] = torch.rand((rows.numel(), chosen.shape[1]), device=chosen.device, **kwargs) < epsilon
+                scores[rows] = torch.rand((rows.numel(), *agent_qs.shape[1:]), device=chosen.device, **kwargs)
+        random_choice = torch.where(avail_actions.bool(), scores, torch.full_like(scores, -1.0)).argmax(-1)
+        return torch.where(explore, random_choice, chosen)
+
+
 class GreedyActionSelector:
     """Always the best available action; ``t_env``, ``test_mode`` and ``generator`` are unused."""
 

@@ -443,6 +443,24 @@ class EpisodeBatch:
                                {n: t.detach() for n, t in episode_data.items()},
                                _normalize_preprocess(preprocess))
 
+    @classmethod
+    def concatenate(cls, batches: Sequence["EpisodeBatch"]) -> "EpisodeBatch":
+        """The episodes of ``batches`` one after another (same fields, length and device): the
+        member-major batch of several runs trained as one (``qmixlab.learners.q_learner``)."""
+        if not batches:
+            raise ValueError("concatenate needs at least one EpisodeBatch")
+        first = batches[0]
+        for i, batch in enumerate(batches[1:], 1):
+            if (batch._fields != first._fields or batch._max_seq_length != first._max_seq_length
+                    or batch._device != first._device):
+                raise ValueError(f"concatenate: batch {i} differs from batch 0 in its fields, length "
+                                 f"({batch._max_seq_length} vs {first._max_seq_length}) or device")
+        if len(batches) == 1:
+            return first
+        transition = {name: torch.cat([b._transition[name] for b in batches]) for name in first._transition}
+        episode = {name: torch.cat([b._episode[name] for b in batches]) for name in first._episode}
+        return cls.from_fields(first._fields, first._groups, transition, episode, first._preprocess)
+
     # ---------------------------------------------------------------- properties
     @property
     def batch_size(self) -> int:

@@ -172,13 +172,19 @@ def masked_td_loss(
     step_mask: torch.Tensor,
     options: MaskOptions,
     n_agents: int,
+    members: int = 1,
 ) -> torch.Tensor:
     """Mean squared TD error under ``options.normalisation``.
 
     td_error: ``[B, T, K]`` with K = 1 (mixed) or K = n_agents (per-agent loss).
     element_mask: bool, broadcastable to td_error. step_mask: bool ``[B, T, 1]``.
     ``sum(mask) == 0`` gives an exact, finite zero with a gradient graph.
+    ``members`` > 1: the batch holds that many runs member-major (``per_member``); the result is
+    one loss per member ``[members]``, each the loss of its own rows alone.
     """
+    if members > 1:
+        return per_member(members, lambda *parts: masked_td_loss(*parts, options, n_agents),
+                          td_error, element_mask.expand_as(td_error), step_mask)
     squared = _select(td_error, element_mask, options.masked_rows) ** 2
     total = squared.sum()
     elements = element_mask.expand_as(td_error)
@@ -204,15 +210,35 @@ def masked_td_loss(
     return total / count.clamp(min=1)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over the entries where ``mask`` (broadcastable) is True; 0 if none."""
+def per_member(members: int, reduce, *tensors: torch.Tensor) -> torch.Tensor:
+    """``reduce`` applied to each member's rows of ``tensors`` (leading dim ``members * B``,
+    member-major: rows ``[k*B, (k+1)*B)`` are member k's), results stacked: ``[members, ...]``.
+    Several seeds trained as one batch (``qmixlab.modules.stacked``) reduce this way, so each
+    member's number is exactly the one its rows give alone."""
+    rows = tensors[0].shape[0]
+    if rows % members:
+        raise ValueError(f"{rows} rows cannot be split into {members} members of equal size")
+    size = rows // members
+    return torch.stack([reduce(*(t[k * size:(k + 1) * size] for t in tensors)) for k in range(members)])
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, members: int = 1) -> torch.Tensor:
+    """Mean of ``values`` over the entries where ``mask`` (broadcastable) is True; 0 if none
+    (``members`` > 1: one mean per member, see ``per_member``)."""
+    if members > 1:
+        return per_member(members, masked_mean, values, mask.expand_as(values))
     mask = mask.expand_as(values)
     total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
     return total / mask.sum().clamp(min=1)
 
 
-def standardise_over_valid(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Standardise with mean and std taken over valid rows only; invalid rows become 0."""
+def standardise_over_valid(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+                           members: int = 1) -> torch.Tensor:
+    """Standardise with mean and std taken over valid rows only; invalid rows become 0
+    (``members`` > 1: each member's rows with their own mean and std, see ``per_member``)."""
+    if members > 1:
+        return per_member(members, lambda v, m: standardise_over_valid(v, m, eps), values,
+                          mask.expand_as(values)).flatten(0, 1)
     mask = mask.expand_as(values)
     count = mask.sum().clamp(min=1)
     zero = torch.zeros((), dtype=values.dtype, device=values.device)

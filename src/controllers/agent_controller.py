@@ -10,6 +10,11 @@ Two paths use the same agent:
 It is an ``nn.Module`` whose only parameters are the agent's, so ``parameters()``,
 ``state_dict()``, ``load_state_dict()``, ``to(device)`` and ``copy.deepcopy`` (a target network)
 behave as usual. The rollout state is not part of the state dict.
+
+An agent stacked over several members (``qmixlab.modules.stacked``: seeds trained as one batch)
+acts for all of them in one call: environments are member-major, ``t_env`` and ``generator``
+are given per member, and each member's actions are drawn exactly as a one-member controller
+would draw them for its own environments.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ class AgentController(nn.Module):
     @property
     def n_agents(self) -> int:
         return self.agent.n_agents
+
+    @property
+    def members(self) -> int:
+        """Runs whose agents this controller computes at once (1 unless the agent is stacked)."""
+        return int(getattr(self.agent, "members", 1))
 
     @property
     def n_actions(self) -> int:
@@ -96,7 +106,8 @@ class AgentController(nn.Module):
         env_mask [n] bool. Returns the chosen actions as a long tensor [n, N] on the CPU; rows
         of masked-out environments are 0 and are not actions: those environments' hidden state
         and last actions are left unchanged and the selector does not see them.
-        ``generator`` is passed to the selector when given.
+        ``generator`` is passed to the selector when given. With several members, ``t_env`` and
+        ``generator`` are sequences with one entry per member (see the module docstring).
         """
         if self._hidden is None:
             raise RuntimeError("select_actions needs init_hidden(n_envs) first")
@@ -119,6 +130,8 @@ class AgentController(nn.Module):
             if bool(((avail != 0) & (avail != 1)).any()):
                 raise ValueError("avail_actions must be bool or 0/1")
             avail = avail != 0
+        if self.members > 1:
+            return self._select_for_members(obs, avail, t_env, test_mode, env_mask, generator)
         rows = None  # all environments
         if env_mask is not None:
             env_mask = torch.as_tensor(env_mask, device=device)
@@ -142,11 +155,53 @@ class AgentController(nn.Module):
         chosen[rows.cpu()] = actions.cpu()
         return chosen
 
+    def _select_for_members(self, obs, avail, t_env, test_mode, env_mask, generators):
+        """``select_actions`` of a stacked agent: one network call for every environment (the
+        members' blocks must stay whole), then each member's selector call on its acting rows."""
+        K, n_envs = self.members, obs.shape[0]
+        if n_envs % K:
+            raise ValueError(f"{n_envs} environments cannot be split among {K} members")
+        per_member = n_envs // K
+        t_envs = list(t_env) if isinstance(t_env, (list, tuple)) else None
+        generators = [None] * K if generators is None else list(generators)
+        if t_envs is None or len(t_envs) != K or len(generators) != K:
+            raise ValueError(f"with {K} members, t_env and generator must give one entry per member, got "
+                             f"t_env={t_env!r} and {len(generators)} generator(s)")
+        acting = torch.ones(n_envs, dtype=torch.bool, device=obs.device)
+        if env_mask is not None:
+            acting = torch.as_tensor(env_mask, device=obs.device)
+            if acting.dtype != torch.bool or tuple(acting.shape) != (n_envs,):
+                raise ValueError(f"env_mask must be bool [n_envs={n_envs}], got {tuple(acting.shape)} {acting.dtype}")
+        q, h = self.agent.step(obs, self._last_actions, self._hidden)
+        actions = torch.zeros(n_envs, self.n_agents, dtype=torch.long, device=obs.device)
+        acting_cpu = acting.cpu()
+        together = getattr(self.action_selector, "select_actions_for_members", None)
+        if together is not None:  # one greedy pass for all rows, each member's own random draws
+            rows = acting.nonzero().squeeze(1)
+            member_of = torch.div(rows, per_member, rounding_mode="floor")
+            member_rows = [(member_of == k).nonzero().squeeze(1) for k in range(K)]
+            chosen = together(q[rows], avail[rows], t_envs, test_mode, generators, member_rows)
+            actions[rows] = self._checked(chosen, rows.numel())
+        else:  # any selector: one call per member on its acting rows
+            for k in range(K):
+                block = slice(k * per_member, (k + 1) * per_member)
+                if bool(acting_cpu[block].all()):
+                    actions[block] = self._select(q[block], avail[block], t_envs[k], test_mode, generators[k])
+                elif bool(acting_cpu[block].any()):
+                    rows = block.start + acting[block].nonzero().squeeze(1)
+                    actions[rows] = self._select(q[rows], avail[rows], t_envs[k], test_mode, generators[k])
+        keep = ~acting
+        self._hidden = torch.where(keep.view(-1, 1, 1), self._hidden, h)
+        self._last_actions = torch.where(keep.view(-1, 1), self._last_actions, actions)
+        return actions.to("cpu", copy=True)
+
     def _select(self, q, avail, t_env, test_mode, generator):
-        n_rows = q.shape[0]
         kwargs = {"generator": generator} if generator is not None else {}
         actions = self.action_selector.select_actions(q, avail, t_env, test_mode=test_mode, **kwargs)
-        actions = torch.as_tensor(actions, device=q.device)
+        return self._checked(actions, q.shape[0], q.device)
+
+    def _checked(self, actions, n_rows, device=None):
+        actions = torch.as_tensor(actions, device=device)
         if tuple(actions.shape) != (n_rows, self.n_agents) or actions.is_floating_point():
             raise ValueError(f"the action selector returned {tuple(actions.shape)} {actions.dtype}, "
                              f"expected integer actions [{n_rows}, {self.n_agents}]")

@@ -40,6 +40,11 @@ class QLearner:
     Q-learning; a ``QPLEXMixer`` is also given the actions and each agent's best utility
     ``(agent_qs, states, actions [B, T, N], max_qs [B, T, N])``. ``options`` are the
     hyper-parameters, ``masks`` the masking rules of the loss.
+
+    Several seeds as one batch: when the agent (and mixer) are stacked over ``members`` runs
+    (``qmixlab.modules.stacked``), batches hold the members' episodes member-major, every
+    reduction is taken per member (``masks.per_member``), gradients are clipped per member, and
+    ``train`` returns one statistics dict per member. Each member learns as it would alone.
     """
 
     def __init__(self, mac, mixer, n_agents: int, options: LearnerOptions, masks: MaskOptions, device="cpu"):
@@ -58,7 +63,12 @@ class QLearner:
         self.device = torch.device(device)
         self.mac = mac.to(self.device)
         self.mixer = mixer.to(self.device) if mixer is not None else None
-        self.mixer_reads_actions = isinstance(mixer, QPLEXMixer)
+        self.members = int(getattr(getattr(mac, "agent", None), "members", 1))
+        mixer_members = int(getattr(mixer, "members", self.members)) if mixer is not None else self.members
+        if mixer_members != self.members:
+            raise ValueError(f"the agent is stacked over {self.members} member(s) but the mixer over {mixer_members}")
+        template = getattr(mixer, "template", mixer)  # a stacked mixer's single-member module
+        self.mixer_reads_actions = isinstance(template, QPLEXMixer)
         self.target_mac = copy.deepcopy(self.mac)
         self.target_mixer = copy.deepcopy(self.mixer)
         for module in (self.target_mac, self.target_mixer):
@@ -79,10 +89,15 @@ class QLearner:
         self.train_steps = 0
 
     # ------------------------------------------------------------------ training step
-    def train(self, batch, t_env: int = 0, episode_num: int = 0) -> Dict[str, float]:
+    def train(self, batch, t_env: int = 0, episode_num: int = 0, active=None):
         """One gradient step on ``batch`` (an ``EpisodeBatch`` in the compute layout, as
-        ``ReplayBuffer.sample`` returns it; it is moved to the learner's device in place)."""
+        ``ReplayBuffer.sample`` returns it; it is moved to the learner's device in place).
+
+        With several members: ``batch`` holds each member's sample member-major, ``active``
+        (bool per member, default all) says whose loss counts (a finished or failed member's
+        slices get no gradient), and the result is a list of per-member statistics."""
         opts, rules = self.options, self.masks
+        K = self.members
         plan = plan_compute(batch, rules, opts.td_lambda, self.device)
         batch, mask = plan.batch, plan.mask
         actions, avail = batch["actions"], batch["avail_actions"]
@@ -125,9 +140,11 @@ class QLearner:
             if self.mixer_reads_actions:
                 online_inputs += [actions[:, :-1, :, 0], best_qs]
                 target_inputs += [next_actions[..., 0], next_best_qs]
-            chosen_qs = _mix_rows(self.mixer, plan.online_mixer_rows, *online_inputs)  # [B, T-1, 1]
+            # Skipping rows would break the members' equal-sized blocks: stacked mixers mix all rows.
+            online_rows, target_rows = (plan.online_mixer_rows, plan.target_mixer_rows) if K == 1 else (None, None)
+            chosen_qs = _mix_rows(self.mixer, online_rows, *online_inputs)  # [B, T-1, 1]
             with torch.no_grad():
-                next_max_qs = _mix_rows(self.target_mixer, plan.target_mixer_rows, *target_inputs)
+                next_max_qs = _mix_rows(self.target_mixer, target_rows, *target_inputs)
             element_mask = mask.step
         else:
             element_mask = mask_rules.build_agent_mask(mask.step, mask.alive[:, :-1], rules)
@@ -135,30 +152,81 @@ class QLearner:
         # Target and loss.
         rewards = torch.where(mask.step, batch["reward"][:, :-1], zero)  # also zeroes flagged invalid steps
         if opts.standardise_rewards:
-            rewards = mask_rules.standardise_over_valid(rewards, mask.step)
+            rewards = mask_rules.standardise_over_valid(rewards, mask.step, members=K)
         targets = lambda_returns(rewards.to(chosen_qs.dtype).expand_as(chosen_qs), next_max_qs,
                                  mask.cuts_bootstrap, mask.ends_episode, opts.gamma, opts.td_lambda).detach()
         td_error = chosen_qs - targets
-        loss = opts.td_loss_scale * mask_rules.masked_td_loss(td_error, element_mask, mask.step, rules, self.n_agents)
+        loss = opts.td_loss_scale * mask_rules.masked_td_loss(td_error, element_mask, mask.step, rules,
+                                                              self.n_agents, members=K)
 
         # Update.
         self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, opts.grad_norm_clip, foreach=True)
+        if K == 1:
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, opts.grad_norm_clip, foreach=True)
+        else:
+            active = self._active_members(active)
+            torch.where(active, loss, zero).sum().backward()  # d(sum)/d(member k) = member k's loss alone
+            grad_norm = self._clip_member_grads(opts.grad_norm_clip, active)
         self.optimiser.step()
         self.train_steps += 1
         self._update_targets(episode_num)
 
         with torch.no_grad():
             td_abs = torch.where(element_mask.expand_as(td_error), td_error, zero).abs()
-            return {
-                "loss": loss.item(),
-                "td_error_abs": mask_rules.masked_mean(td_abs, element_mask).item(),
-                "q_taken_mean": mask_rules.masked_mean(chosen_qs.detach(), element_mask).item(),
-                "target_mean": mask_rules.masked_mean(targets, element_mask).item(),
-                "grad_norm": float(grad_norm),
-                "mask_fraction": mask.step.float().mean().item(),
+            stats = {
+                "loss": loss.detach(),
+                "td_error_abs": mask_rules.masked_mean(td_abs, element_mask, members=K),
+                "q_taken_mean": mask_rules.masked_mean(chosen_qs.detach(), element_mask, members=K),
+                "target_mean": mask_rules.masked_mean(targets, element_mask, members=K),
+                "grad_norm": grad_norm,
+                "mask_fraction": self._mask_fraction(batch, mask.step),
             }
+            if K == 1:
+                return {key: float(value) for key, value in stats.items()}
+            columns = {key: value.tolist() for key, value in stats.items()}
+            return [{key: float(column[k]) for key, column in columns.items()} for k in range(K)]
+
+    # ------------------------------------------------------------------ several members
+    def _mask_fraction(self, batch, step_mask: torch.Tensor) -> torch.Tensor:
+        """The fraction of the batch's transitions that are trained on. Members share one
+        batch length (the longest member's); each one's fraction is over the length its own
+        batch would have had alone."""
+        K = self.members
+        if K == 1:
+            return step_mask.float().mean()
+        filled = batch["filled"][..., 0].reshape(K, -1, step_mask.shape[1] + 1).any(dim=1)  # [K, T]
+        steps = torch.arange(1, filled.shape[1] + 1, device=filled.device)
+        lengths = torch.where(filled, steps, torch.zeros_like(steps)).amax(dim=1)
+        lengths = lengths.clamp(min=2) if self.masks.trim_to_longest else torch.full_like(lengths, filled.shape[1])
+        trained = step_mask.reshape(K, -1).sum(dim=1)
+        return trained / ((lengths - 1) * (step_mask.shape[0] // K))
+
+    def _active_members(self, active) -> torch.Tensor:
+        if active is None:
+            return torch.ones(self.members, dtype=torch.bool, device=self.device)
+        active = torch.as_tensor(active, dtype=torch.bool, device=self.device)
+        if tuple(active.shape) != (self.members,):
+            raise ValueError(f"active must be bool [{self.members}] (one per member), got {tuple(active.shape)}")
+        return active
+
+    def _stacked_modules(self):
+        return [m for m in (self.mac.agent, self.mixer) if m is not None and hasattr(m, "member_grad_sq_norms")]
+
+    def _clip_member_grads(self, max_norm: float, active: torch.Tensor) -> torch.Tensor:
+        """torch's ``clip_grad_norm_`` for each member's own gradients; inactive members' are
+        zeroed. Returns the per-member norms before clipping."""
+        modules = self._stacked_modules()
+        norms = torch.stack([m.member_grad_sq_norms() for m in modules]).sum(0).sqrt()
+        coefficients = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        coefficients = torch.where(active, coefficients, torch.zeros_like(coefficients))
+        for module in modules:
+            module.scale_member_grads(coefficients)
+            if not bool(active.all()):  # 0 * NaN is NaN: a failed member's gradients are set, not scaled
+                for parameter in module.parameters():
+                    if parameter.grad is not None:
+                        parameter.grad[~active] = 0
+        return norms
 
     # ------------------------------------------------------------------ target networks
     def _update_targets(self, episode_num: int) -> None:
@@ -181,6 +249,46 @@ class QLearner:
                 target_param.lerp_(param, tau)
 
     # ------------------------------------------------------------------ checkpoints
+    def member_state_dict(self, k: int) -> dict:
+        """Member k's part, laid out exactly as a one-member learner's ``state_dict``."""
+        if self.members == 1:
+            return self.state_dict()
+
+        def controller(mac):
+            return {"agent." + key: value for key, value in mac.agent.member_state_dict(k).items()}
+
+        return {
+            "mac": controller(self.mac),
+            "target_mac": controller(self.target_mac),
+            "mixer": self.mixer.member_state_dict(k) if self.mixer is not None else None,
+            "target_mixer": self.target_mixer.member_state_dict(k) if self.mixer is not None else None,
+            "optimiser": _member_optimiser_state(self.optimiser.state_dict(), k, self.members),
+            "last_target_update_episode": self.last_target_update_episode,
+            "train_steps": self.train_steps,
+        }
+
+    def load_member_state_dict(self, k: int, state: dict) -> None:
+        """Load a one-member learner's ``state_dict`` into member k."""
+        if self.members == 1:
+            return self.load_state_dict(state)
+
+        def controller(mac, values):
+            prefix = "agent."
+            unexpected = [key for key in values if not key.startswith(prefix)]
+            if unexpected:
+                raise KeyError(f"unexpected keys in the controller state: {unexpected}")
+            mac.agent.load_member_state_dict(k, {key[len(prefix):]: v for key, v in values.items()})
+
+        controller(self.mac, state["mac"])
+        controller(self.target_mac, state["target_mac"])
+        if self.mixer is not None:
+            self.mixer.load_member_state_dict(k, state["mixer"])
+            self.target_mixer.load_member_state_dict(k, state["target_mixer"])
+        merged = _load_member_optimiser_state(self.optimiser.state_dict(), state["optimiser"], k, self.members)
+        self.optimiser.load_state_dict(merged)
+        self.last_target_update_episode = int(state["last_target_update_episode"])
+        self.train_steps = int(state["train_steps"])
+
     def state_dict(self) -> dict:
         return {
             "mac": self.mac.state_dict(),
@@ -201,3 +309,43 @@ class QLearner:
         self.optimiser.load_state_dict(state["optimiser"])
         self.last_target_update_episode = int(state["last_target_update_episode"])
         self.train_steps = int(state["train_steps"])
+
+
+# --------------------------------------------------------------------------- optimiser slices
+def _member_optimiser_state(stacked: dict, k: int, members: int) -> dict:
+    """Member k's slice of an optimiser state over stacked parameters (every per-element buffer
+    has the leading member dimension; scalars such as Adam's ``step`` are shared)."""
+    state = {}
+    for index, values in stacked["state"].items():
+        state[index] = {name: (value[k].clone() if torch.is_tensor(value) and value.dim() > 0
+                               and value.shape[0] == members else value.clone() if torch.is_tensor(value) else value)
+                        for name, value in values.items()}
+    return {"state": state, "param_groups": copy.deepcopy(stacked["param_groups"])}
+
+
+def _load_member_optimiser_state(stacked: dict, member: dict, k: int, members: int) -> dict:
+    """``stacked`` with member k's slices replaced by the one-member state ``member``."""
+    if len(member["param_groups"]) != len(stacked["param_groups"]) or any(
+            len(a["params"]) != len(b["params"]) for a, b in zip(member["param_groups"], stacked["param_groups"])):
+        raise ValueError("the member's optimiser state holds a different set of parameters")
+    merged = {"state": {}, "param_groups": stacked["param_groups"]}
+    for index, values in member["state"].items():
+        current = stacked["state"].get(index)
+        entry = {}
+        for name, value in values.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                if current is None:  # nothing stacked yet (no step taken): other members start at zero
+                    full = value.new_zeros(members, *value.shape)
+                else:
+                    full = current[name].clone()
+                if tuple(full.shape[1:]) != tuple(value.shape):
+                    raise ValueError(f"optimiser state {name!r} of parameter {index}: member shape "
+                                     f"{tuple(value.shape)}, stacked {tuple(full.shape)}")
+                full[k] = value
+                entry[name] = full
+            else:
+                entry[name] = value.clone() if torch.is_tensor(value) else value
+        merged["state"][index] = entry
+    for index, values in stacked["state"].items():
+        merged["state"].setdefault(index, values)
+    return merged

@@ -75,6 +75,11 @@ class EpisodeStats:
             "timeout_mean": float(self.timeouts.mean()),
         }
 
+    def select(self, rows) -> "EpisodeStats":
+        """The episodes ``rows`` (a slice or index array) of these statistics."""
+        return EpisodeStats(*(getattr(self, f)[rows] for f in
+                              ("returns", "lengths", "battle_won", "dead_allies", "dead_enemies", "timeouts")))
+
     @staticmethod
     def concatenate(parts: List["EpisodeStats"]) -> "EpisodeStats":
         return EpisodeStats(*(np.concatenate([getattr(p, f) for p in parts]) for f in
@@ -91,6 +96,8 @@ class BatchRunner:
 
     env: object
     mac: object
+    # The exploration random stream(s) (one per member); None: torch's global generator.
+    generator: object = None
     spec: EnvSpec = field(init=False)
 
     def __post_init__(self):
@@ -111,11 +118,16 @@ class BatchRunner:
         return EpisodeBatch(self.scheme, self.groups, self.n_envs, self.max_seq_length,
                             preprocess=self.preprocess, device="cpu")
 
-    def run(self, test_mode: bool = False, t_env: int = 0):
+    def run(self, test_mode: bool = False, t_env=0, members=None):
         """One episode in every environment; returns ``(EpisodeBatch, EpisodeStats)``.
 
         ``t_env`` is the caller's environment-step count, passed to the controller (epsilon
         schedule). Rows are staged in preallocated arrays and written to the batch once.
+
+        Several members (``qmixlab.envs.members.MemberEnvs``, a stacked controller): ``t_env``
+        has one count per member, and ``members`` (bool per member, default all) says whose
+        environments play; the others' rows stay empty (length 0) and their environments are
+        not touched.
         """
         n, spec = self.n_envs, self.spec
         T, n_agents = self.max_seq_length, spec.n_agents
@@ -132,9 +144,14 @@ class BatchRunner:
         }
         for flag in spec.step_flags:
             staged[flag] = np.zeros((n, T, 1), bool)
-        self.env.reset()
+        random_stream = {} if self.generator is None else {"generator": self.generator}
         self.mac.init_hidden(n)
-        running = np.ones(n, dtype=bool)  # episode not ended yet
+        if members is None:
+            self.env.reset()
+            running = np.ones(n, dtype=bool)  # episode not ended yet
+        else:
+            running = self.env.member_rows(members)
+            self.env.reset(np.flatnonzero(running))
         acting = running.copy()  # rows that get an action this step (running, or final row)
         stats = EpisodeStats(np.zeros(n, np.float64), np.zeros(n, np.int64), np.zeros(n, bool),
                              np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool))
@@ -145,7 +162,7 @@ class BatchRunner:
             # arrays never reach torch.
             actions = self.mac.select_actions(staged["obs"][:, t], staged["avail_actions"][:, t],
                                               t_env=t_env, test_mode=test_mode,
-                                              env_mask=torch.from_numpy(acting))
+                                              env_mask=torch.from_numpy(acting), **random_stream)
             actions = np.asarray(actions.cpu() if isinstance(actions, torch.Tensor) else actions)
             staged["actions"][acting, t, :, 0] = actions[acting]
             if not running.any():

@@ -104,6 +104,7 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         if int(n_envs) < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs!r}")
         self.opts = resolve_options(smac_kwargs)
+        self._smac_kwargs = dict(smac_kwargs)
         self.spec = get_map(map_name)
         self.map_name = map_name
         self.n_envs = int(n_envs)
@@ -139,6 +140,21 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
         self._obs: Optional[np.ndarray] = None
         self.battles_won = self.battles_game = self.battles_draw = self.timeouts = 0
         self.reset()
+
+    @classmethod
+    def concatenate(cls, envs: "list[BatchedSMACSim]") -> "BatchedSMACSim":
+        """One environment whose environments are those of ``envs`` (same map and options), one
+        after another, each continuing its own random stream. Every environment's episodes
+        depend only on its own stream and actions, so they are exactly the ones it would play
+        in its own batch; the result starts unreset (reset it before use)."""
+        first = envs[0]
+        for env in envs[1:]:
+            if not isinstance(env, cls) or env.map_name != first.map_name or env.opts != first.opts:
+                raise ValueError("concatenate needs environments of one map with the same options")
+        merged = cls(first.map_name, sum(env.n_envs for env in envs), seed=None, **first._smac_kwargs)
+        merged.set_rng_state([state for env in envs for state in env.get_rng_state()])
+        merged.seed_value = [env.seed_value for env in envs]
+        return merged
 
     # ------------------------------------------------------------------ episodes
     def reset(self, env_ids: Optional[np.ndarray] = None) -> None:
