@@ -198,7 +198,8 @@ def run_members(experiment, command, config_updates, named_configs, options, obs
             run.info["models_dir"] = str(models_dir)
             models_dirs.append(models_dir if settings.save_model else None)
             tensorboard_dir = str(results / "tb_logs" / name) if settings.use_tensorboard else None
-            loggers.append(RunLogger(sacred_run=run, console=log, tensorboard_dir=tensorboard_dir))
+            loggers.append(RunLogger(sacred_run=run, console=log, tensorboard_dir=tensorboard_dir,
+                                     label=f"[seed {member.seed}] "))
 
         def member_done(member) -> None:
             run = runs[member.index]

@@ -14,8 +14,9 @@ from typing import Dict, List, Optional, Tuple
 
 class RunLogger:
     def __init__(self, sacred_run=None, console: Optional[logging.Logger] = None,
-                 tensorboard_dir: Optional[str] = None, recent: int = 20):
+                 tensorboard_dir: Optional[str] = None, recent: int = 20, label: str = ""):
         self.sacred_run = sacred_run
+        self.label = label  # names the run on the console when several share it (e.g. "[seed 3] ")
         self.console = console or logging.getLogger("qmixlab")
         self.recent: Dict[str, deque] = {}
         self.recent_size = recent
@@ -72,7 +73,7 @@ class RunLogger:
     def print_summary(self, t_env: int, episode: int, values: Dict[str, float]) -> None:
         parts = [f"t_env: {t_env}", f"episode: {episode}"]
         parts += [f"{k}: {v:.4g}" if math.isfinite(v) else f"{k}: {v}" for k, v in sorted(values.items())]
-        self.console.info("  ".join(parts))
+        self.console.info(self.label + "  ".join(parts))
 
     def latest(self, name: str, default=float("nan")) -> float:
         window = self.recent.get(name)
