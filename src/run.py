@@ -252,9 +252,10 @@ def build_components(settings: RunSettings) -> Components:
     return Components(env, env.get_env_info(), learner.mac, learner, runner, members)
 
 
-def compatibility(settings: RunSettings, env_info: dict) -> dict:
-    """What a checkpoint must share with the run that loads it."""
-    return {
+def compatibility(settings: RunSettings, env_info: dict, spec=None) -> dict:
+    """What a checkpoint must share with the run that resumes it (``spec``: the environment's
+    ``EnvSpec``, which records the entity agent's feature widths for evaluating elsewhere)."""
+    record = {
         "env": settings.env,
         "map_name": settings.task,  # the task, under SMAC's name for it
         "n_agents": int(env_info["n_agents"]),
@@ -266,6 +267,28 @@ def compatibility(settings: RunSettings, env_info: dict) -> dict:
         "use_last_action": settings.agent.use_last_action,
         "use_agent_id": settings.agent.use_agent_id,
     }
+    if settings.agent.name == "entity_attention" and spec is not None and spec.obs_layout is not None:
+        record["entity_features"] = _entity_features(spec.obs_layout)
+    return record
+
+
+def _entity_features(layout) -> dict:
+    """The widths the entity agent's weights depend on (not the numbers of allies or enemies)."""
+    return {"move": int(layout.move), "enemy": int(layout.enemies[1]), "ally": int(layout.allies[1]),
+            "own": int(layout.own)}
+
+
+def evaluation_compatibility(settings: RunSettings, env_info: dict, spec) -> dict:
+    """What evaluating a checkpoint's agent on this environment needs: only the agent network's
+    shapes (the mixer does not act). The flat GRU agent's inputs and outputs are sized by the map;
+    the entity agent's weights fit any team size with the same per-entity features (with
+    ``use_agent_id``, the same number of agents)."""
+    if settings.agent.name == "entity_attention":
+        expected = {"entity_features": _entity_features(require_obs_layout(spec, settings.env))}
+        if settings.agent.use_agent_id:
+            expected["n_agents"] = int(env_info["n_agents"])
+        return expected
+    return {key: int(env_info[key]) for key in ("n_agents", "n_actions", "obs_shape")}
 
 
 # --------------------------------------------------------------------------- random states
@@ -306,7 +329,7 @@ def _set_rng_state(parts: Components, member: Member, state: dict) -> None:
 def checkpoint_payload(parts: Components, member: Member, include_buffer: bool) -> dict:
     """Member's checkpoint, laid out exactly as its separate run's."""
     return {
-        "compatibility": compatibility(member.settings, parts.env_info),
+        "compatibility": compatibility(member.settings, parts.env_info, parts.runner.spec),
         "settings": asdict(member.settings),
         "learner": parts.learner.member_state_dict(member.index),
         "buffer": member.buffer.state_dict() if include_buffer else None,
@@ -319,16 +342,27 @@ def checkpoint_payload(parts: Components, member: Member, include_buffer: bool) 
 def restore(parts: Components, member: Member, weights_only_for_eval=False) -> Path:
     """Load the member's ``checkpoint_path`` (the latest readable checkpoint, or ``load_step``'s)."""
     settings = member.settings
-    expected = compatibility(settings, parts.env_info)
     if weights_only_for_eval:
         path = find_checkpoint(settings.checkpoint_path, settings.load_step)
-        payload = load_checkpoint(path, expected=expected)
-    else:
-        path, payload = load_latest_readable(settings.checkpoint_path, settings.load_step, expected=expected)
+        expected = evaluation_compatibility(settings, parts.env_info, parts.runner.spec)
+        try:
+            payload = load_checkpoint(path, expected=expected)
+        except CheckpointError as error:
+            if settings.agent.name == "entity_attention":
+                raise
+            raise CheckpointError(
+                f"{error}. The flat GRU agent (agent.name=rnn) is sized by the map it was trained on; evaluate "
+                "it on a map with the same numbers of agents, enemies and features, or train "
+                "agent.name=entity_attention, whose weights fit any team size") from error
+        try:
+            parts.learner.load_agent_state_dict(member.index, payload["learner"]["mac"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this agent: {error}") from error
+        return path
+    expected = compatibility(settings, parts.env_info, parts.runner.spec)
+    path, payload = load_latest_readable(settings.checkpoint_path, settings.load_step, expected=expected)
     try:
         parts.learner.load_member_state_dict(member.index, payload["learner"])
-        if weights_only_for_eval:
-            return path
         if payload["buffer"] is not None:
             member.buffer.load_state_dict(payload["buffer"])
         for key, value in payload["counters"].items():

@@ -469,7 +469,7 @@ def test_examples_default_to_fresh_folders_and_the_committed_reproduction_is_kep
         default = ROOT / sweep.default_sweep_dir(spec)
         assert COMMITTED != default and COMMITTED not in default.parents, example
         assert sweep.kept_results_reason(default) is None, example  # the README's commands work as typed
-    assert [p.name for p in sweep.sweep_folders(COMMITTED)] == ["2s3z", "3m", "3m-1m"]
+    assert [p.name for p in sweep.sweep_folders(COMMITTED)] == ["2s3z", "3m", "3m-1m", "3m-grouped"]
     assert "README.md" in sweep.kept_results_reason(COMMITTED)
     if (ROOT / ".git").exists() and shutil.which("git"):
         for folder in sweep.sweep_folders(COMMITTED):
@@ -482,7 +482,7 @@ def test_ablate_into_the_committed_reproduction_is_refused(tmp_path, capsys, mon
     monkeypatch.setattr(execution, "execute_cli_group", lambda runs: pytest.fail(f"started {runs[0].run_id}"))
     monkeypatch.setattr(sweep, "write_sweep_file", lambda *a: pytest.fail("wrote into the committed folder"))
     err = ablate_fails(capsys, "examples/ablations_smacsim.yaml", "--out", "results/ablations/masks-smacsim", "--dry-run")
-    assert "results/ablations/masks-smacsim is a folder of sweeps (2s3z, 3m, 3m-1m)" in err and "--out DIR" in err
+    assert "results/ablations/masks-smacsim is a folder of sweeps (2s3z, 3m, 3m-1m, 3m-grouped)" in err and "--out DIR" in err
     if (ROOT / ".git").exists() and shutil.which("git"):
         err = ablate_fails(capsys, "examples/masks_smacsim_3m.yaml", "--out", "results/ablations/masks-smacsim/3m")
         assert "results/ablations/masks-smacsim/3m holds kept results" in err and "tracked by git" in err

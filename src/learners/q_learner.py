@@ -267,6 +267,18 @@ class QLearner:
             "train_steps": self.train_steps,
         }
 
+    def load_agent_state_dict(self, k: int, mac_state: dict) -> None:
+        """Load only a one-member learner's agent network (``state_dict()["mac"]``) into member k,
+        online and target (evaluation: the mixer does not act, and may not fit another map)."""
+        if self.members == 1:
+            self.mac.load_state_dict(mac_state)
+            self.target_mac.load_state_dict(mac_state)
+            return
+        prefix = "agent."
+        agent_state = {key[len(prefix):]: value for key, value in mac_state.items() if key.startswith(prefix)}
+        self.mac.agent.load_member_state_dict(k, agent_state)
+        self.target_mac.agent.load_member_state_dict(k, agent_state)
+
     def load_member_state_dict(self, k: int, state: dict) -> None:
         """Load a one-member learner's ``state_dict`` into member k."""
         if self.members == 1:
