@@ -1,18 +1,24 @@
 """The entity-attention agent and the feature-level mask (issue 14, items 2 and 3): attention
-against a slow per-entity reference, permutation equivariance over enemies, one set of weights on
-3m and 8m, the three visibility guarantees, and a short run through the command line."""
+against a slow per-entity reference, the whole network against a plain reference (every token
+queried, ``masked_attention``, torch's GRU step by step), skipping rows past episode ends
+(``lengths``) against the full unroll, permutation equivariance over enemies, one set of weights
+on 3m and 8m, the three visibility guarantees, and a short run through the command line."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qmixlab.__main__ import main as qmixlab_main
 from qmixlab.components.masks import MaskOptions, masked_attention
 from qmixlab.controllers.agent_controller import AgentController
 from qmixlab.envs.smacsim import BatchedSMACSim
 from qmixlab.envs.spec import ObsLayout
+from qmixlab.modules import agents as agents_module
+from qmixlab.modules import gru as gru_module
 from qmixlab.modules.entities import ObsEntities, split_observation
+from qmixlab.modules import entity_agent as entity_agent_module
 from qmixlab.modules.entity_agent import EntityAttentionAgent
 
 LAYOUT_3M = ObsLayout(move=4, enemies=(3, 5), allies=(2, 5), own=1)
@@ -83,7 +89,7 @@ def reference_attend(agent, entities, options):
                     if not visible[j]:
                         if options.attention_fill_value == "-inf":
                             continue
-                        logit = logit + options.attention_fill(torch.float32)
+                        logit = logit + options.attention_fill(logit.dtype)
                     logits.append(logit)
                     values.append(Wqkv[2 * E:][rows] @ other + bqkv[2 * E:][rows])
                 weights = torch.softmax(torch.stack(logits), 0)
@@ -104,6 +110,48 @@ def test_attention_matches_the_per_entity_reference(visibility, fill):
     own_ref, enemies_ref = reference_attend(agent, entities, options)
     torch.testing.assert_close(own, own_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(enemies, enemies_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("visibility", ["mask", "zeros"])
+@pytest.mark.parametrize("fill", FILLS)
+def test_attention_gradients_match_the_per_entity_reference_in_float64(visibility, fill):
+    options = MaskOptions(visibility=visibility, attention_fill_value=fill)
+    agent = make_agent(masks=options).double()
+    view = random_entities(LAYOUT_3M, 5, torch.Generator().manual_seed(11))
+    features = [view.move.double(), view.own.double(), view.allies.double(), view.enemies.double()]
+    for tensor in features:
+        tensor.requires_grad_()
+    entities = ObsEntities(*features, view.ally_visible, view.enemy_visible)
+    g = torch.Generator().manual_seed(12)
+    w_own, w_enemies = torch.randn(5, 8, generator=g).double(), torch.randn(5, 3, 8, generator=g).double()
+    inputs = features + list(agent.parameters())
+
+    def grads(own, enemies):
+        return torch.autograd.grad((own * w_own).sum() + (enemies * w_enemies).sum(), inputs, allow_unused=True)
+
+    own, enemies = agent.attend(entities)
+    own_ref, enemies_ref = reference_attend(agent, entities, options)
+    torch.testing.assert_close(own, own_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(enemies, enemies_ref, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(grads(own, enemies), grads(own_ref, enemies_ref)):
+        if theirs is None:  # only parameters the attention does not use
+            assert ours is None or not ours.any()
+            continue
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fill", FILLS)
+def test_row_attention_passes_gradcheck(fill):
+    """The hand-written backward of the attention over rows, against finite differences."""
+    options = MaskOptions(attention_fill_value=fill)
+    g = torch.Generator().manual_seed(13)
+    heads, d, queried, L, M = 2, 3, 2, 4, 5
+    q = torch.randn(heads, d, queried, M, generator=g, dtype=torch.float64, requires_grad=True)
+    kv = torch.randn(2, heads, d, L, M, generator=g, dtype=torch.float64, requires_grad=True)
+    key_mask = torch.rand(L, M, generator=g) < 0.6
+    key_mask[0] = True  # as in the agent: the own token is always a key
+    key_bias = entity_agent_module._key_bias(key_mask, options, torch.float64)
+    assert torch.autograd.gradcheck(lambda q, kv: entity_agent_module._RowAttention.apply(q, kv, key_bias), (q, kv))
 
 
 @pytest.mark.parametrize("fill", FILLS)
@@ -170,6 +218,171 @@ def test_one_set_of_weights_runs_on_3m_and_8m():
     assert torch.isfinite(q8).all()
     with pytest.raises(RuntimeError, match="fc_in_agent_id"):
         make_agent(layout8, n_agents=8).load_state_dict(make_agent(layout3).state_dict())
+
+
+# --------------------------------------------------------------------------- the whole network, plainly
+def reference_unroll(agent, obs, last_actions, hidden=None):
+    """The agent as its module docstring writes it, the obvious way: token embeddings, every
+    token queried through ``masked_attention`` (token order own, move, allies, enemies), fc_in on
+    the concatenated one-hot last action and agent id, torch's GRU one step at a time, the Q heads.
+    obs [B, T, N, D], last_actions [B, T, N] or None -> q [B, T, N, A]."""
+    B, T, N, _ = obs.shape
+    E, heads, H = agent.embed_dim, agent.attention_heads, agent.hidden_dim
+    view = split_observation(obs, agent.obs_layout)
+    zero = torch.zeros((), dtype=obs.dtype)
+    allies = torch.where(view.ally_visible[..., None], view.allies, zero)
+    enemies = torch.where(view.enemy_visible[..., None], view.enemies, zero)
+    tokens = torch.cat([agent.embed_own(view.own).unsqueeze(-2), agent.embed_move(view.move).unsqueeze(-2),
+                        agent.embed_ally(allies), agent.embed_enemy(enemies)], dim=-2)
+    L = tokens.shape[-2]
+    flat = tokens.reshape(-1, L, E)
+    visible = torch.cat([torch.ones(B, T, N, 2, dtype=torch.bool), view.ally_visible, view.enemy_visible], -1)
+    key_mask = visible.reshape(-1, L)
+    if agent.masks.visibility == "zeros":  # unseen entities are keys, as zero vectors
+        key_mask = torch.ones_like(key_mask)
+    q, k, v = agent.attention_in(flat).view(-1, L, 3, heads, E // heads).permute(2, 0, 3, 1, 4)
+    attended = masked_attention(q, k, v, key_mask, agent.masks).transpose(1, 2).reshape(-1, L, E)
+    z = (flat + agent.attention_out(attended)).view(B, T, N, L, E)
+    own, enemy_tokens = z[..., 0, :], z[..., L - agent.obs_layout.enemies[0]:, :]
+    # fc_in on [z_own, one_hot(last action as basic action or "an attack"), one_hot(agent id)]
+    parts, weights = [own], [agent.fc_in.weight]
+    if agent.use_last_action:
+        n_basic = agent.n_basic_actions
+        embedded = torch.where(last_actions >= n_basic, n_basic, last_actions)  # every attack -> one row
+        embedded = torch.where(last_actions == agent.n_actions, n_basic + 1, embedded)  # none -> no row
+        parts.append(F.one_hot(embedded, n_basic + 2)[..., : n_basic + 1].to(obs.dtype))
+        weights.append(agent.fc_in_last_action.t())
+    if agent.use_agent_id:
+        parts.append(torch.eye(N, dtype=obs.dtype).expand(B, T, N, N))
+        weights.append(agent.fc_in_agent_id.t())
+    x = F.linear(torch.cat(parts, -1), torch.cat(weights, 1), agent.fc_in.bias).relu()
+    h = torch.zeros(1, B * N, H, dtype=obs.dtype) if hidden is None else hidden.reshape(1, B * N, H)
+    outputs = []
+    for t in range(T):
+        y, h = agent.rnn(x[:, t].reshape(1, B * N, H), h)
+        outputs.append(y[0].view(B, N, H))
+    Y = torch.stack(outputs, 1)  # [B, T, N, H]
+    attack = (agent.attack_hidden(Y).unsqueeze(-2) + agent.attack_enemy(enemy_tokens)).relu()
+    return torch.cat([agent.fc_basic(Y), agent.attack_out(attack).squeeze(-1)], -1)
+
+
+def entity_obs(B, T, N, layout, seed):
+    """Random float64 observations with some allies and enemies unseen (SMAC writes zeros:
+    ally feature 0, a whole enemy block) and the features of unseen allies left non-zero (the
+    mask must hide them)."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(B, T, N, layout.size, generator=g, dtype=torch.float64)
+    blocks = layout.slices()
+    allies = obs[..., blocks["allies"]].unflatten(-1, layout.allies)
+    enemies = obs[..., blocks["enemies"]].unflatten(-1, layout.enemies)
+    allies[..., 0] = torch.where(torch.rand(allies.shape[:-1], generator=g) < 0.3, 0.0, allies[..., 0])
+    enemies *= (torch.rand(enemies.shape[:-1], generator=g) >= 0.3).unsqueeze(-1)
+    obs[..., blocks["allies"]] = allies.flatten(-2)
+    obs[..., blocks["enemies"]] = enemies.flatten(-2)
+    return obs
+
+
+OPTION_CASES = [  # (use_last_action, use_agent_id, visibility, fill)
+    (True, True, "mask", "-inf"), (True, False, "zeros", "-inf"), (False, True, "mask", -3.0),
+    (False, False, "mask", "finfo_min"), (True, True, "zeros", -1e9),
+]
+
+
+@pytest.mark.parametrize("use_last_action, use_agent_id, visibility, fill", OPTION_CASES)
+def test_unroll_equals_the_plain_reference_in_float64(use_last_action, use_agent_id, visibility, fill):
+    """Values and gradients (parameters, observations, initial hidden state) of the full unroll
+    and of one step equal the plain reference: the faster computation is the same function."""
+    options = MaskOptions(visibility=visibility, attention_fill_value=fill)
+    agent = make_agent(use_last_action=use_last_action, use_agent_id=use_agent_id, masks=options, seed=3).double()
+    B, T, N = 3, 5, 3
+    obs = entity_obs(B, T, N, LAYOUT_3M, seed=4).requires_grad_()
+    last = torch.randint(0, agent.n_actions + 1, (B, T, N), generator=torch.Generator().manual_seed(5))
+    hidden = torch.randn(B, N, agent.hidden_dim, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(B, T, N, agent.n_actions, dtype=torch.float64)
+    inputs = [obs, hidden] + list(agent.parameters())
+    q = agent.unroll(obs, last, hidden)
+    q_ref = reference_unroll(agent, obs, last if use_last_action else None, hidden)
+    torch.testing.assert_close(q, q_ref, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad((q * weights).sum(), inputs)
+    grads_ref = torch.autograd.grad((q_ref * weights).sum(), inputs)
+    for ours, theirs in zip(grads, grads_ref):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    q_step, h_step = agent.step(obs[:, 0], last[:, 0], hidden)
+    torch.testing.assert_close(q_step, q_ref[:, 0], rtol=1e-12, atol=1e-12)
+    q_next, _ = agent.step(obs[:, 1], last[:, 1], h_step)
+    torch.testing.assert_close(q_next, q_ref[:, 1], rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- rows past episode ends
+def rows_through_attention(monkeypatch):
+    """Record how many rows each call of the agent's attention computes."""
+    counts = []
+    attend_rows = EntityAttentionAgent._attend_rows
+
+    def counting(self, entities):
+        counts.append(entities.own.shape[:-1].numel())
+        return attend_rows(self, entities)
+
+    monkeypatch.setattr(EntityAttentionAgent, "_attend_rows", counting)
+    return counts
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+@pytest.mark.parametrize("use_last_action, use_agent_id, visibility, fill", OPTION_CASES)
+def test_unroll_with_lengths_equals_full_unroll_on_needed_rows_and_gradients(
+        monkeypatch, chunk, use_last_action, use_agent_id, visibility, fill):
+    monkeypatch.setattr(gru_module, "GRU_CHUNK_STEPS", chunk)
+    monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_FRACTION", 0.0)  # always skip here
+    agent = make_agent(use_last_action=use_last_action, use_agent_id=use_agent_id,
+                       masks=MaskOptions(visibility=visibility, attention_fill_value=fill), seed=chunk).double()
+    B, T, N = 6, 3 * 8 + 2, 3
+    obs = entity_obs(B, T, N, LAYOUT_3M, seed=chunk).requires_grad_()
+    g = torch.Generator().manual_seed(10 + chunk)
+    last = torch.randint(0, agent.n_actions + 1, (B, T, N), generator=g)
+    hidden = torch.randn(B, N, agent.hidden_dim, dtype=torch.float64, generator=g, requires_grad=True)
+    lengths = torch.tensor([T, 0, 1, 8, 2 * 8 + 3, int(torch.randint(1, T, (), generator=g))])
+    needed = torch.arange(T)[None, :] < lengths[:, None]  # [B, T]
+    weights = torch.randn(B, T, N, agent.n_actions, dtype=torch.float64, generator=g)
+    inputs = [obs, hidden] + list(agent.parameters())
+
+    def loss_grads(q):
+        return torch.autograd.grad((torch.where(needed[..., None, None], q, 0.0) * weights).sum(), inputs)
+
+    counts = rows_through_attention(monkeypatch)
+    full = agent.unroll(obs, last, hidden)
+    ragged = agent.unroll(obs, last, hidden, lengths=lengths)
+    chunk_rows = agents_module.RNNAgent._chunk_episodes(lengths, T)
+    assert counts == [B * T * N, gru_module.packed_size(T, chunk_rows) * N]
+    torch.testing.assert_close(ragged[needed], full[needed], rtol=1e-12, atol=1e-12)
+    assert not ragged[1].any()  # an episode of length 0 is never computed: zero Q-values
+    for ours, theirs in zip(loss_grads(ragged), loss_grads(full)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_rows_past_episode_ends_are_skipped_when_it_pays(monkeypatch):
+    """With the default threshold (``agents.RAGGED_MIN_SKIPPED_FRACTION``), as for RNNAgent:
+    the attention and the GRU see only the rows of running chunks when enough rows are skipped,
+    every row otherwise; without ``lengths`` every row."""
+    counts = rows_through_attention(monkeypatch)
+    agent = make_agent()
+    B, T, N = 4, 24, 3
+    obs, last = entity_obs(B, T, N, LAYOUT_3M, seed=6).float(), torch.full((B, T, N), 9)
+    full = agent.unroll(obs, last)
+    short = torch.tensor([24, 20, 5, 3])  # chunks of 8 steps: the last two episodes skip 2 of their 3
+    q = agent.unroll(obs, last, lengths=short)
+    assert counts[-1] == 8 * N * (4 + 2 + 2) < B * T * N
+    needed = torch.arange(T)[None, :] < short[:, None]
+    torch.testing.assert_close(q[needed], full[needed], rtol=1e-5, atol=1e-6)
+    assert not q[2, 8:].any() and not q[3, 8:].any()
+    agent.unroll(obs, last, lengths=torch.tensor([24, 24, 24, 20]))  # nothing skipped (same chunks)
+    assert counts[-1] == B * T * N
+    monkeypatch.setattr(agents_module, "RAGGED_MIN_SKIPPED_FRACTION", 0.5)  # 4/12 chunks skipped: not enough
+    agent.unroll(obs, last, lengths=short)
+    assert counts[-1] == B * T * N
+    with pytest.raises(ValueError, match="lengths must be an integer tensor of shape"):
+        agent.unroll(obs, last, lengths=torch.ones(B + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="lengths must be an integer tensor of shape"):
+        agent.unroll(obs, last, lengths=short.float())
 
 
 # --------------------------------------------------------------------------- the guarantees
