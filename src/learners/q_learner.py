@@ -9,7 +9,6 @@ decision is delegated to ``qmixlab.components.masks``.
 from __future__ import annotations
 
 import copy
-from typing import Dict
 
 import torch
 

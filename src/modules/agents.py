@@ -68,6 +68,27 @@ def check_last_actions(last_actions, obs, n_actions: int) -> None:
                              f"action), got values in [{int(low)}, {int(high)}]")
 
 
+def packed_steps_and_ranks(T: int, episodes_per_chunk, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The (time step, rank) pairs ``gru_packed`` computes, in its packed order: step-major, and
+    within a step ranks ``0..n-1`` of the episodes still running at its chunk's start, when the
+    episodes are sorted longest first (``episodes_per_chunk``: ``RNNAgent._chunk_episodes``)."""
+    chunk = min(gru_kernel.GRU_CHUNK_STEPS, T)
+    steps, ranks = [], []
+    for t0, n in zip(range(0, T, chunk), episodes_per_chunk):
+        t = torch.arange(t0, min(t0 + chunk, T), device=device)
+        steps.append(t.repeat_interleave(n))
+        ranks.append(torch.arange(n, device=device).repeat(len(t)))
+    return torch.cat(steps), torch.cat(ranks)
+
+
+def packed_rows(lengths: torch.Tensor, T: int, episodes_per_chunk):
+    """lengths [B] -> (order [B]: the episodes longest first, steps [R], episodes [R]): the
+    (time step, episode) pairs ``gru_packed`` computes, in its packed order."""
+    order = torch.argsort(lengths.clamp(0, T), descending=True, stable=True)
+    steps, ranks = packed_steps_and_ranks(T, episodes_per_chunk, lengths.device)
+    return order, steps, order[ranks]
+
+
 class RNNAgent(nn.Module):
     """fc1 + ReLU -> GRU -> fc2, shared by ``n_agents`` agents; Q-values over ``n_actions``.
 
@@ -187,16 +208,7 @@ class RNNAgent(nn.Module):
         H, A = self.hidden_dim, self.n_actions
         device = obs.device
         lengths = lengths.to(device=device, dtype=torch.long).clamp(0, T)
-        order = torch.argsort(lengths, descending=True, stable=True)
-        # The computed (time step, episode) pairs in the GRU's packed order: step-major, and
-        # within a step the episodes still running, longest first.
-        K = min(gru_kernel.GRU_CHUNK_STEPS, T)
-        steps, ranks = [], []
-        for t0, n in zip(range(0, T, K), episodes_per_chunk):
-            t = torch.arange(t0, min(t0 + K, T), device=device)
-            steps.append(t.repeat_interleave(n))
-            ranks.append(torch.arange(n, device=device).repeat(len(t)))
-        steps, episodes = torch.cat(steps), order[torch.cat(ranks)]
+        order, steps, episodes = packed_rows(lengths, T, episodes_per_chunk)
         R = steps.numel()
         obs_rows = obs[episodes, steps].unsqueeze(0)  # [1, R, N, D]: gathered, never a full copy
         actions_rows = None if last_actions is None else last_actions[episodes, steps].unsqueeze(0)

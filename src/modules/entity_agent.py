@@ -52,29 +52,9 @@ from torch.autograd.function import once_differentiable
 from qmixlab.components.masks import MaskOptions, attention_key_mask, hide_unseen_entities
 from qmixlab.envs.spec import ObsLayout
 from qmixlab.modules import agents as agents_module
-from qmixlab.modules import gru as gru_kernel
-from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions
+from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions, packed_rows
 from qmixlab.modules.entities import ObsEntities, split_observation
 from qmixlab.modules.gru import gru_packed, gru_sequence, packed_size
-
-
-def _packed_rows(lengths: torch.Tensor, T: int, episodes_per_chunk: list):
-    """The (time step, episode) pairs ``gru_packed`` computes, in its packed order: step-major,
-    and within a step the episodes still running at its chunk's start, longest first (the
-    order of ``RNNAgent._unroll_ragged``).
-
-    lengths [B] long, episodes_per_chunk from ``RNNAgent._chunk_episodes`` -> (order [B]: the
-    episodes longest first, steps [R], episodes [R]) with R = ``packed_size(T, episodes_per_chunk)``.
-    """
-    device = lengths.device
-    order = torch.argsort(lengths.clamp(0, T), descending=True, stable=True)
-    K = min(gru_kernel.GRU_CHUNK_STEPS, T)
-    steps, ranks = [], []
-    for t0, n in zip(range(0, T, K), episodes_per_chunk):
-        t = torch.arange(t0, min(t0 + K, T), device=device)
-        steps.append(t.repeat_interleave(n))
-        ranks.append(torch.arange(n, device=device).repeat(len(t)))
-    return order, torch.cat(steps), order[torch.cat(ranks)]
 
 
 def _key_bias(key_mask: torch.Tensor, options: MaskOptions, dtype: torch.dtype) -> torch.Tensor:
@@ -104,7 +84,7 @@ class _RowAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, kv, key_bias):
-        d, Lq, L = q.shape[1], q.shape[2], kv.shape[3]
+        d, L = q.shape[1], kv.shape[3]
         scale = d ** -0.5
         k, v = kv[0], kv[1]
         logits = torch.addcmul(key_bias, q[:, 0, :, None], k[:, 0, None], value=scale)  # [heads, Lq, L, M]
@@ -381,7 +361,7 @@ class EntityAttentionAgent(nn.Module):
         """
         B, T, N, _ = obs.shape
         H, A = self.hidden_dim, self.n_actions
-        order, steps, episodes = _packed_rows(lengths.to(device=obs.device, dtype=torch.long), T, episodes_per_chunk)
+        order, steps, episodes = packed_rows(lengths.to(device=obs.device, dtype=torch.long), T, episodes_per_chunk)
         actions_rows = None if last_actions is None else last_actions[episodes, steps]
         x, enemy_keys = self._per_row(obs[episodes, steps], actions_rows)  # [R*N, H]: packed
         h0 = self.initial_hidden(B) if hidden is None else self._checked_hidden(hidden, B, N)

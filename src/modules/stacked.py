@@ -38,7 +38,7 @@ from torch.func import functional_call
 
 from qmixlab.modules import agents as agents_module
 from qmixlab.modules import gru as gru_kernel
-from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions
+from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions, packed_steps_and_ranks
 from qmixlab.modules.gru import gru_members_packed, gru_members_sequence, packed_size
 from qmixlab.modules.mixers import QMixer, VDNMixer
 
@@ -376,19 +376,14 @@ class StackedRNNAgent(StackedModule):
         episodes are sorted by length, and chunk c computes each member's ``episodes_per_chunk[c]``
         longest (the most any member still runs; a few extra rows are harmless, the GRU is
         causal). Needed rows equal the full unroll's; rows never computed hold zeros."""
-        P, (KB, T, N, D) = self.members, obs.shape
+        P, (KB, T, N, _) = self.members, obs.shape
         B, H, A = KB // P, self.hidden_dim, self.n_actions
         device = obs.device
         lengths = lengths.to(device=device, dtype=torch.long).clamp(0, T).view(P, B)
         member_start = torch.arange(P, device=device).unsqueeze(1) * B
         order = torch.argsort(lengths, dim=1, descending=True, stable=True) + member_start  # [K, B] rows of obs
-        chunk_steps = min(gru_kernel.GRU_CHUNK_STEPS, T)
-        steps, ranks = [], []
-        for t0, n in zip(range(0, T, chunk_steps), episodes_per_chunk):
-            t = torch.arange(t0, min(t0 + chunk_steps, T), device=device)
-            steps.append(t.repeat_interleave(n))
-            ranks.append(torch.arange(n, device=device).repeat(len(t)))
-        steps, episodes = torch.cat(steps), order[:, torch.cat(ranks)]  # [R], [K, R]
+        steps, ranks = packed_steps_and_ranks(T, episodes_per_chunk, device)
+        episodes = order[:, ranks]  # [K, R]
         R = steps.numel()
         flat_episodes, flat_steps = episodes.reshape(-1), steps.repeat(P)
         obs_rows = obs[flat_episodes, flat_steps]  # [K*R, N, D]
