@@ -68,6 +68,24 @@ def check_last_actions(last_actions, obs, n_actions: int) -> None:
                              f"action), got values in [{int(low)}, {int(high)}]")
 
 
+def ragged_chunks(lengths: Optional[torch.Tensor], obs: torch.Tensor, chunk_episodes, members: int = 1):
+    """Whether an unroll of ``obs`` [B', T, ...] should skip rows: with ``lengths`` [B'] (the rows
+    each episode needs, checked here), the per-chunk episode counts ``chunk_episodes(lengths, T)``
+    when skipping saves at least ``RAGGED_MIN_SKIPPED_FRACTION`` of the rows on CPU (``members``
+    runs share each chunk's count), else None (compute every row)."""
+    if lengths is None:
+        return None
+    rows, T = obs.shape[:2]
+    if tuple(lengths.shape) != (rows,) or lengths.is_floating_point():
+        raise ValueError(f"lengths must be an integer tensor of shape ({rows},), got "
+                         f"{tuple(lengths.shape)} {lengths.dtype}")
+    episodes_per_chunk = chunk_episodes(lengths, T)
+    skipped = rows * T - members * packed_size(T, episodes_per_chunk)  # episode-rows never computed
+    if obs.device.type == "cpu" and skipped >= RAGGED_MIN_SKIPPED_FRACTION * rows * T:
+        return episodes_per_chunk
+    return None
+
+
 def packed_steps_and_ranks(T: int, episodes_per_chunk, device) -> Tuple[torch.Tensor, torch.Tensor]:
     """The (time step, rank) pairs ``gru_packed`` computes, in its packed order: step-major, and
     within a step ranks ``0..n-1`` of the episodes still running at its chunk's start, when the
@@ -172,15 +190,10 @@ class RNNAgent(nn.Module):
             raise ValueError(f"obs has no time steps: shape {tuple(obs.shape)}, expected T >= 1")
         la = self._time_major_actions(last_actions, obs, 1)
         B, T, N, _ = obs.shape
-        if lengths is not None:
-            if tuple(lengths.shape) != (B,) or lengths.is_floating_point():
-                raise ValueError(f"lengths must be an integer tensor of shape ({B},), got "
-                                 f"{tuple(lengths.shape)} {lengths.dtype}")
-            episodes_per_chunk = self._chunk_episodes(lengths, T)
-            skipped = B * T - packed_size(T, episodes_per_chunk)  # episode-rows never computed
-            if obs.device.type == "cpu" and skipped >= RAGGED_MIN_SKIPPED_FRACTION * B * T:
-                return self._unroll_ragged(obs, None if la is None else la.transpose(0, 1), hidden, lengths,
-                                           episodes_per_chunk)
+        episodes_per_chunk = ragged_chunks(lengths, obs, self._chunk_episodes)
+        if episodes_per_chunk is not None:
+            return self._unroll_ragged(obs, None if la is None else la.transpose(0, 1), hidden, lengths,
+                                       episodes_per_chunk)
         # fc1 in the batch's own layout, so the wide observations are never copied; only the
         # narrow hidden activations are transposed to time-major for the recurrence.
         x = self._input_layer(obs, None if la is None else la.transpose(0, 1))

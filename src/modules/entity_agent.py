@@ -51,10 +51,9 @@ from torch.autograd.function import once_differentiable
 
 from qmixlab.components.masks import MaskOptions, attention_key_mask, hide_unseen_entities
 from qmixlab.envs.spec import ObsLayout
-from qmixlab.modules import agents as agents_module
-from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions, packed_rows
+from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions, packed_rows, ragged_chunks
 from qmixlab.modules.entities import ObsEntities, split_observation
-from qmixlab.modules.gru import gru_packed, gru_sequence, packed_size
+from qmixlab.modules.gru import gru_packed, gru_sequence
 
 
 def _key_bias(key_mask: torch.Tensor, options: MaskOptions, dtype: torch.dtype) -> torch.Tensor:
@@ -219,15 +218,9 @@ class EntityAttentionAgent(nn.Module):
         if obs.shape[1] == 0:
             raise ValueError(f"obs has no time steps: shape {tuple(obs.shape)}, expected T >= 1")
         last_actions = self._checked_actions(last_actions, obs, None)
-        B, T = obs.shape[:2]
-        if lengths is not None:
-            if tuple(lengths.shape) != (B,) or lengths.is_floating_point():
-                raise ValueError(f"lengths must be an integer tensor of shape ({B},), got "
-                                 f"{tuple(lengths.shape)} {lengths.dtype}")
-            episodes_per_chunk = RNNAgent._chunk_episodes(lengths, T)
-            skipped = B * T - packed_size(T, episodes_per_chunk)  # episode-rows never computed
-            if obs.device.type == "cpu" and skipped >= agents_module.RAGGED_MIN_SKIPPED_FRACTION * B * T:
-                return self._unroll_ragged(obs, last_actions, hidden, lengths, episodes_per_chunk)
+        episodes_per_chunk = ragged_chunks(lengths, obs, RNNAgent._chunk_episodes)
+        if episodes_per_chunk is not None:
+            return self._unroll_ragged(obs, last_actions, hidden, lengths, episodes_per_chunk)
         q, _ = self._forward(obs, last_actions, hidden)
         return q
 

@@ -36,10 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from qmixlab.modules import agents as agents_module
 from qmixlab.modules import gru as gru_kernel
-from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions, packed_steps_and_ranks
-from qmixlab.modules.gru import gru_members_packed, gru_members_sequence, packed_size
+from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions, packed_steps_and_ranks, ragged_chunks
+from qmixlab.modules.gru import gru_members_packed, gru_members_sequence
 from qmixlab.modules.mixers import QMixer, VDNMixer
 
 
@@ -290,14 +289,9 @@ class StackedRNNAgent(StackedModule):
             raise ValueError(f"obs has no time steps: shape {tuple(obs.shape)}, expected T >= 1")
         la = self._checked_actions(last_actions, obs)
         KB, T = obs.shape[:2]
-        if lengths is not None:
-            if tuple(lengths.shape) != (KB,) or lengths.is_floating_point():
-                raise ValueError(f"lengths must be an integer tensor of shape ({KB},), got "
-                                 f"{tuple(lengths.shape)} {lengths.dtype}")
-            episodes_per_chunk = self._chunk_episodes(lengths, T)
-            skipped = KB * T - self.members * packed_size(T, episodes_per_chunk)
-            if obs.device.type == "cpu" and skipped >= agents_module.RAGGED_MIN_SKIPPED_FRACTION * KB * T:
-                return self._unroll_ragged(obs, la, hidden, lengths, episodes_per_chunk)
+        episodes_per_chunk = ragged_chunks(lengths, obs, self._chunk_episodes, members=self.members)
+        if episodes_per_chunk is not None:
+            return self._unroll_ragged(obs, la, hidden, lengths, episodes_per_chunk)
         return self._unroll_dense(obs, la, hidden)[0]
 
     # -- internals ---------------------------------------------------------------------------
