@@ -86,7 +86,13 @@ def test_members_train_as_their_separate_runs(tmp_path):
         for index in optimiser_alone:
             for name, value in optimiser_alone[index].items():
                 torch.testing.assert_close(optimiser_member[index][name], value, rtol=1e-4, atol=1e-6)
-        assert payload_member["buffer"]["ring"] == payload_alone["buffer"]["ring"] if "ring" in payload_alone["buffer"] else True
+        buffer_alone, buffer_member = payload_alone["buffer"], payload_member["buffer"]
+        for key in ("index", "episodes_in_buffer", "signature"):
+            assert buffer_member[key] == buffer_alone[key], key
+        assert torch.equal(buffer_member["rng_state"], buffer_alone["rng_state"])
+        assert buffer_member["storage"].keys() == buffer_alone["storage"].keys()
+        for name, stored in buffer_alone["storage"].items():  # the episodes played: exactly equal
+            assert torch.equal(buffer_member["storage"][name], stored), name
 
 
 def test_a_stopped_group_resumes_exactly_from_its_members_checkpoints(tmp_path):

@@ -39,7 +39,7 @@ from torch.func import functional_call
 from qmixlab.modules import gru as gru_kernel
 from qmixlab.modules.agents import RNNAgent, check_agent_obs, check_last_actions, packed_steps_and_ranks, ragged_chunks
 from qmixlab.modules.gru import gru_members_packed, gru_members_sequence
-from qmixlab.modules.mixers import QMixer, VDNMixer
+from qmixlab.modules.mixers import QMixer, VDNMixer, _check_states
 
 
 # --------------------------------------------------------------------------- checks
@@ -431,13 +431,8 @@ class StackedQMixer(StackedModule):
         P, N, E, S = self.members, self.n_agents, self.embed_dim, self.state_dim
         if agent_qs.shape[-1] != N:
             raise ValueError(f"StackedQMixer: agent_qs must be [K*B, ..., n_agents={N}], got {tuple(agent_qs.shape)}")
-        if not isinstance(states, torch.Tensor) or states.dim() < 1 or states.shape[-1] != S:
-            got = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
-            raise ValueError(f"StackedQMixer: states must be [K*B, ..., state_dim={S}], got {got}")
+        _check_states("StackedQMixer", states, S, agent_qs)
         lead = agent_qs.shape[:-1]
-        if states.shape[:-1] != lead:
-            raise ValueError(f"StackedQMixer: agent_qs {tuple(agent_qs.shape)} and states {tuple(states.shape)} "
-                             "must have the same leading dims")
         qs = agent_qs.reshape(P, -1, N, 1)
         s = states.reshape(P, -1, S)
         w1 = self._network(self.hyper_w_1, s).abs().view(P, -1, N, E)
