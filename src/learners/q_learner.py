@@ -15,6 +15,7 @@ import torch
 from qmixlab.components import masks as mask_rules
 from qmixlab.components.mask_options import MaskOptions
 from qmixlab.learners.compute_plan import plan_compute
+from qmixlab.learners.member_adam import MemberAdam
 from qmixlab.learners.options import LearnerOptions  # also re-exported: defined without torch
 from qmixlab.learners.targets import lambda_returns
 from qmixlab.modules.mixers import QPLEXMixer
@@ -82,6 +83,8 @@ class QLearner:
             self.optimiser = torch.optim.RMSprop(
                 self.params, lr=options.lr, alpha=options.optim_alpha, eps=options.optim_eps, foreach=True
             )
+        elif self.members > 1:  # one step count per member (see member_adam)
+            self.optimiser = MemberAdam(self.params, self.members, lr=options.lr, eps=options.optim_eps)
         else:
             self.optimiser = torch.optim.Adam(self.params, lr=options.lr, eps=options.optim_eps, foreach=True)
         self.last_target_update_episode = 0
@@ -167,7 +170,10 @@ class QLearner:
             active = self._active_members(active)
             torch.where(active, loss, zero).sum().backward()  # d(sum)/d(member k) = member k's loss alone
             grad_norm = self._clip_member_grads(opts.grad_norm_clip, active)
-        self.optimiser.step()
+        if isinstance(self.optimiser, MemberAdam):
+            self.optimiser.step(active=active)
+        else:
+            self.optimiser.step()
         self.train_steps += 1
         self._update_targets(episode_num)
 
@@ -295,7 +301,8 @@ class QLearner:
         if self.mixer is not None:
             self.mixer.load_member_state_dict(k, state["mixer"])
             self.target_mixer.load_member_state_dict(k, state["target_mixer"])
-        merged = _load_member_optimiser_state(self.optimiser.state_dict(), state["optimiser"], k, self.members)
+        merged = _load_member_optimiser_state(self.optimiser.state_dict(), state["optimiser"], k, self.members,
+                                              per_member_steps=isinstance(self.optimiser, MemberAdam))
         self.optimiser.load_state_dict(merged)
         self.last_target_update_episode = int(state["last_target_update_episode"])
         self.train_steps = int(state["train_steps"])
@@ -325,7 +332,8 @@ class QLearner:
 # --------------------------------------------------------------------------- optimiser slices
 def _member_optimiser_state(stacked: dict, k: int, members: int) -> dict:
     """Member k's slice of an optimiser state over stacked parameters (every per-element buffer
-    has the leading member dimension; scalars such as Adam's ``step`` are shared)."""
+    has the leading member dimension, and so has ``MemberAdam``'s ``step``; RMSprop's scalar
+    ``step``, which its update does not read, is shared)."""
     state = {}
     for index, values in stacked["state"].items():
         state[index] = {name: (value[k].clone() if torch.is_tensor(value) and value.dim() > 0
@@ -334,8 +342,11 @@ def _member_optimiser_state(stacked: dict, k: int, members: int) -> dict:
     return {"state": state, "param_groups": copy.deepcopy(stacked["param_groups"])}
 
 
-def _load_member_optimiser_state(stacked: dict, member: dict, k: int, members: int) -> dict:
-    """``stacked`` with member k's slices replaced by the one-member state ``member``."""
+def _load_member_optimiser_state(stacked: dict, member: dict, k: int, members: int,
+                                 per_member_steps: bool = False) -> dict:
+    """``stacked`` with member k's slices replaced by the one-member state ``member``; with
+    ``per_member_steps`` (``MemberAdam``) the member's scalar ``step`` goes into its entry of the
+    step vector."""
     if len(member["param_groups"]) != len(stacked["param_groups"]) or any(
             len(a["params"]) != len(b["params"]) for a, b in zip(member["param_groups"], stacked["param_groups"])):
         raise ValueError("the member's optimiser state holds a different set of parameters")
@@ -344,7 +355,8 @@ def _load_member_optimiser_state(stacked: dict, member: dict, k: int, members: i
         current = stacked["state"].get(index)
         entry = {}
         for name, value in values.items():
-            if torch.is_tensor(value) and value.dim() > 0:
+            per_member = per_member_steps and name == "step"
+            if torch.is_tensor(value) and (value.dim() > 0 or per_member):
                 if current is None:  # nothing stacked yet (no step taken): other members start at zero
                     full = value.new_zeros(members, *value.shape)
                 else:

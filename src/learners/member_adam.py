@@ -1,0 +1,74 @@
+"""Adam over stacked member parameters, with one step count per member.
+
+With several seeds in one process every parameter has a leading member dimension ``K``. torch's
+Adam keeps one ``step`` per parameter tensor, so all members would share one bias correction:
+right while they train in lockstep, wrong as soon as their counts differ, e.g. after a group
+resumes from members' checkpoints saved at different iterations (each member's separate run would
+have corrected by its own count). Here ``step`` is a vector ``[K]`` and only the members that train
+(``active``) advance: their moments, counts and weights change, the others' stay as they were.
+
+The update is torch's (``torch.optim.Adam``, no weight decay, no amsgrad), element for element:
+``m <- lerp(m, g, 1 - beta1)``, ``v <- beta2 v + (1 - beta2) g^2``,
+``p <- p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``, with ``t`` the member's
+count. A member's slice of the state (``step[k]`` a 0-dim tensor, the moments' ``[k]`` rows) is
+exactly a one-member Adam's state, so checkpoints are laid out as separate runs' are.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Tuple
+
+import torch
+
+
+class MemberAdam(torch.optim.Optimizer):
+    def __init__(self, params: Iterable[torch.Tensor], members: int, lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if members < 1:
+            raise ValueError(f"members must be a positive number of stacked members, got {members}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        self.members = members
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() == 0 or p.shape[0] != members:
+                    raise ValueError(f"MemberAdam needs parameters with a leading member dimension of "
+                                     f"{members}, got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None, active: Optional[torch.Tensor] = None):
+        """One Adam step for the ``active`` members (bool ``[K]``, default all)."""
+        if closure is not None:
+            raise ValueError("MemberAdam.step does not take a closure")
+        K = self.members
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps = group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros(K, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self._update(p, state, active, beta1, beta2, lr, eps)
+
+    @staticmethod
+    def _update(p, state, active, beta1, beta2, lr, eps) -> None:
+        K = p.shape[0]
+        train = torch.ones(K, dtype=torch.bool) if active is None else active.to("cpu", torch.bool)
+        state["step"] += train.to(state["step"].dtype)
+        # Bias corrections per member, in double as torch computes them from a Python number.
+        t = state["step"].double()
+        step_size = (lr / (1 - beta1 ** t)).to(p.dtype)
+        bias_correction2_sqrt = ((1 - beta2 ** t) ** 0.5).to(p.dtype)
+        view = (K,) + (1,) * (p.dim() - 1)
+        grad = p.grad
+        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+        exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt.to(p.device).view(view) + eps
+        new_p = p - step_size.to(p.device).view(view) * exp_avg / denom
+        keep = train.to(p.device).view(view)
+        state["exp_avg"] = torch.where(keep, exp_avg, state["exp_avg"])
+        state["exp_avg_sq"] = torch.where(keep, exp_avg_sq, state["exp_avg_sq"])
+        p.copy_(torch.where(keep, new_p, p))
