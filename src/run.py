@@ -554,15 +554,21 @@ def train_members(settings: RunSettings, loggers: Sequence[RunLogger],
                     member.logger.accumulate(member_stats.summary(), weight=len(member_stats.returns))
                     member.logger.accumulate({"epsilon": float(schedule(member.counters.t_env))})
                     member.counters.t_env += int(member_stats.lengths.sum())
-                if playing[0].buffer.can_sample(settings.batch_size):  # every member holds as many episodes
-                    samples = [m.buffer.sample(settings.batch_size) for m in members]
-                    episode = playing[0].counters.episode
+                # Members train when their own buffer can sample: a resumed group's members may be
+                # at different episode counts. One that does not train (finished, failed or not
+                # enough episodes yet) fills its rows of the stacked call with a copy of a training
+                # member's sample, draws nothing from its own buffer, and is left out of the step.
+                can_train = [m.state == RUNNING and m.buffer.can_sample(settings.batch_size) for m in members]
+                if any(can_train):
+                    drawn = {m.index: m.buffer.sample(settings.batch_size) for m in members if can_train[m.index]}
+                    filler = drawn[min(drawn)]
+                    samples = [drawn.get(m.index, filler) for m in members]
                     if K == 1:
-                        train_stats = [learner.train(samples[0], playing[0].counters.t_env, episode)]
+                        train_stats = [learner.train(samples[0], playing[0].counters.t_env, playing[0].counters.episode)]
                     else:
                         train_stats = learner.train(EpisodeBatch.concatenate(samples), playing[0].counters.t_env,
-                                                    episode, active=running)
-                    for member in playing:
+                                                    [m.counters.episode for m in members], active=can_train)
+                    for member in (m for m in playing if can_train[m.index]):
                         member_train = train_stats[member.index]
                         if not math.isfinite(member_train["loss"]):
                             fail(member, NonFiniteLossError(

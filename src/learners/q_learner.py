@@ -9,6 +9,7 @@ decision is delegated to ``qmixlab.components.masks``.
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 
@@ -87,17 +88,20 @@ class QLearner:
             self.optimiser = MemberAdam(self.params, self.members, lr=options.lr, eps=options.optim_eps)
         else:
             self.optimiser = torch.optim.Adam(self.params, lr=options.lr, eps=options.optim_eps, foreach=True)
-        self.last_target_update_episode = 0
-        self.train_steps = 0
+        # Per member when several train together: a resumed group's members may be at different
+        # episode counts (each one's checkpoint was saved at its own iteration).
+        self.last_target_update_episode = 0 if self.members == 1 else [0] * self.members
+        self.train_steps = 0 if self.members == 1 else [0] * self.members
 
     # ------------------------------------------------------------------ training step
-    def train(self, batch, t_env: int = 0, episode_num: int = 0, active=None):
+    def train(self, batch, t_env: int = 0, episode_num=0, active=None):
         """One gradient step on ``batch`` (an ``EpisodeBatch`` in the compute layout, as
         ``ReplayBuffer.sample`` returns it; it is moved to the learner's device in place).
 
         With several members: ``batch`` holds each member's sample member-major, ``active``
-        (bool per member, default all) says whose loss counts (a finished or failed member's
-        slices get no gradient), and the result is a list of per-member statistics."""
+        (bool per member, default all) says who trains (an inactive member's weights, optimiser
+        state, targets and counts stay as they were), ``episode_num`` is each member's episode
+        count (or one count for all), and the result is a list of per-member statistics."""
         opts, rules = self.options, self.masks
         K = self.members
         plan = plan_compute(batch, rules, opts.td_lambda, self.device)
@@ -170,12 +174,18 @@ class QLearner:
             active = self._active_members(active)
             torch.where(active, loss, zero).sum().backward()  # d(sum)/d(member k) = member k's loss alone
             grad_norm = self._clip_member_grads(opts.grad_norm_clip, active)
-        if isinstance(self.optimiser, MemberAdam):
-            self.optimiser.step(active=active)
-        else:
+        if K == 1:
             self.optimiser.step()
-        self.train_steps += 1
-        self._update_targets(episode_num)
+            self.train_steps += 1
+            self._update_targets(episode_num)
+        else:
+            self._member_optimiser_step(active)
+            trained = active.tolist()
+            self.train_steps = [n + int(t) for n, t in zip(self.train_steps, trained)]
+            episodes = list(episode_num) if isinstance(episode_num, (list, tuple)) else [episode_num] * K
+            if len(episodes) != K:
+                raise ValueError(f"episode_num must hold one count per member ({K}), got {len(episodes)}")
+            self._update_member_targets(episodes, trained)
 
         with torch.no_grad():
             td_abs = torch.where(element_mask.expand_as(td_error), td_error, zero).abs()
@@ -234,6 +244,41 @@ class QLearner:
         return norms
 
     # ------------------------------------------------------------------ target networks
+    def _member_optimiser_step(self, active: torch.Tensor) -> None:
+        """Step only the active members: MemberAdam does so itself; for another optimiser the
+        inactive members' weights and per-element state are put back after its step."""
+        if isinstance(self.optimiser, MemberAdam):
+            self.optimiser.step(active=active)
+            return
+        inactive = torch.nonzero(~active).flatten()
+        if inactive.numel() == 0:
+            self.optimiser.step()
+            return
+        saved = [(p, p.detach()[inactive].clone(),
+                  {name: v[inactive].clone() for name, v in self.optimiser.state.get(p, {}).items()
+                   if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == self.members})
+                 for p in self.params]
+        self.optimiser.step()
+        with torch.no_grad():
+            for p, weights, state in saved:
+                p[inactive] = weights
+                for name, value in state.items():
+                    self.optimiser.state[p][name][inactive] = value
+
+    def _update_member_targets(self, episodes, trained) -> None:
+        """Each trained member's target update on its own schedule (hard: every
+        ``target_update_interval_episodes`` of its episodes; soft: every step it trains)."""
+        opts = self.options
+        if opts.target_update == "soft":
+            self._soft_update(opts.target_update_tau, torch.tensor(trained, device=self.device))
+            return
+        for k in range(self.members):
+            if trained[k] and episodes[k] - self.last_target_update_episode[k] >= opts.target_update_interval_episodes:
+                self.target_mac.agent.load_member_state_dict(k, self.mac.agent.member_state_dict(k))
+                if self.mixer is not None:
+                    self.target_mixer.load_member_state_dict(k, self.mixer.member_state_dict(k))
+                self.last_target_update_episode[k] = episodes[k]
+
     def _update_targets(self, episode_num: int) -> None:
         opts = self.options
         if opts.target_update == "soft":
@@ -245,13 +290,18 @@ class QLearner:
             self.last_target_update_episode = episode_num
 
     @torch.no_grad()
-    def _soft_update(self, tau: float) -> None:
+    def _soft_update(self, tau: float, members: Optional[torch.Tensor] = None) -> None:
+        """target <- target + tau (online - target); with ``members`` (bool [K]) only theirs."""
         pairs = [(self.target_mac, self.mac)]
         if self.mixer is not None:
             pairs.append((self.target_mixer, self.mixer))
         for target, online in pairs:
             for target_param, param in zip(target.parameters(), online.parameters()):
-                target_param.lerp_(param, tau)
+                if members is None:
+                    target_param.lerp_(param, tau)
+                else:
+                    keep = members.view((-1,) + (1,) * (param.dim() - 1))
+                    target_param.copy_(torch.where(keep, target_param.lerp(param, tau), target_param))
 
     # ------------------------------------------------------------------ checkpoints
     def member_state_dict(self, k: int) -> dict:
@@ -268,8 +318,8 @@ class QLearner:
             "mixer": self.mixer.member_state_dict(k) if self.mixer is not None else None,
             "target_mixer": self.target_mixer.member_state_dict(k) if self.mixer is not None else None,
             "optimiser": _member_optimiser_state(self.optimiser.state_dict(), k, self.members),
-            "last_target_update_episode": self.last_target_update_episode,
-            "train_steps": self.train_steps,
+            "last_target_update_episode": self.last_target_update_episode[k],
+            "train_steps": self.train_steps[k],
         }
 
     def load_agent_state_dict(self, k: int, mac_state: dict) -> None:
@@ -304,8 +354,8 @@ class QLearner:
         merged = _load_member_optimiser_state(self.optimiser.state_dict(), state["optimiser"], k, self.members,
                                               per_member_steps=isinstance(self.optimiser, MemberAdam))
         self.optimiser.load_state_dict(merged)
-        self.last_target_update_episode = int(state["last_target_update_episode"])
-        self.train_steps = int(state["train_steps"])
+        self.last_target_update_episode[k] = int(state["last_target_update_episode"])
+        self.train_steps[k] = int(state["train_steps"])
 
     def state_dict(self) -> dict:
         return {
