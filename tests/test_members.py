@@ -105,9 +105,19 @@ def test_a_stopped_group_resumes_exactly_from_its_members_checkpoints(tmp_path):
     # Resume from the periodic checkpoint before the end, as a killed run would.
     members, resumed = group_run(resumed_settings, first_dirs)
     assert all(m.counters.t_env > 2000 for m in members)
+    # Members resume from checkpoints saved at their own iterations, so after the resume a member
+    # may share the stacked call with its partner's batch of another iteration than before: the
+    # batch is padded to another length and sums over it may round differently. The episodes
+    # played (every return, length and test result) are the same; losses agree to float rounding.
     for whole_logger, resumed_logger in zip(whole, resumed):
         for name in whole_logger._history:
-            assert resumed_logger.history(name) == whole_logger.history(name), name
+            steps, values = whole_logger.history(name)
+            resumed_steps, resumed_values = resumed_logger.history(name)
+            assert resumed_steps == steps, name
+            if name in ("loss", "grad_norm", "td_error_abs", "q_taken_mean", "target_mean"):
+                assert resumed_values == pytest.approx(values, rel=1e-5, abs=1e-7), name
+            else:
+                assert resumed_values == values, name
 
 
 def test_a_member_with_a_non_finite_loss_stops_alone(tmp_path, monkeypatch):
