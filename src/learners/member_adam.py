@@ -40,18 +40,53 @@ class MemberAdam(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("MemberAdam.step does not take a closure")
         K = self.members
+        everyone = active is None or bool(active.all())
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps = group["lr"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros(K, dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                self._update(p, state, active, beta1, beta2, lr, eps)
+            if everyone:
+                self._update_everyone(params, beta1, beta2, lr, eps)
+            else:
+                for p in params:
+                    self._update(p, self.state[p], active, beta1, beta2, lr, eps)
+
+    def _update_everyone(self, params, beta1, beta2, lr, eps) -> None:
+        """Every member trains: in place and over all parameters at once (the common case)."""
+        if not params:
+            return
+        states = [self.state[p] for p in params]
+        grads = [p.grad for p in params]
+        exp_avgs = [state["exp_avg"] for state in states]
+        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+        step_sizes, bias_corrections2_sqrt = [], []
+        corrections = {}  # the parameters of a group usually share their members' counts
+        for p, state in zip(params, states):
+            state["step"] += 1
+            key = (tuple(state["step"].tolist()), p.dtype, p.device)
+            if key not in corrections:
+                t = state["step"].double()
+                corrections[key] = ((lr / (1 - beta1 ** t)).to(p.dtype).to(p.device),
+                                    ((1 - beta2 ** t) ** 0.5).to(p.dtype).to(p.device))
+            step_size, bias_correction2_sqrt = corrections[key]
+            view = (p.shape[0],) + (1,) * (p.dim() - 1)
+            step_sizes.append(step_size.view(view))
+            bias_corrections2_sqrt.append(bias_correction2_sqrt.view(view))
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, bias_corrections2_sqrt)
+        torch._foreach_add_(denom, eps)
+        updates = torch._foreach_mul(exp_avgs, step_sizes)
+        torch._foreach_div_(updates, denom)
+        torch._foreach_sub_(params, updates)
 
     @staticmethod
     def _update(p, state, active, beta1, beta2, lr, eps) -> None:
