@@ -22,11 +22,10 @@ def gradients(step):
     return torch.randn(K, *SHAPE, generator=torch.Generator().manual_seed(100 + step))
 
 
-def test_with_every_member_training_each_member_follows_its_own_torch_adam():
-    stacked, separate = stacked_and_separate()
-    member_adam = MemberAdam([stacked], K, lr=0.01, eps=1e-5)
-    adams = [torch.optim.Adam([p], lr=0.01, eps=1e-5) for p in separate]
-    for step in range(30):
+def step_both(stacked, member_adam, separate, adams, steps):
+    """The same gradients into the stacked MemberAdam and each member's torch Adam; then every
+    member's weights must agree with its own Adam's."""
+    for step in steps:
         grad = gradients(step)
         stacked.grad = grad.clone()
         member_adam.step()
@@ -35,8 +34,15 @@ def test_with_every_member_training_each_member_follows_its_own_torch_adam():
             adam.step()
     for k in range(K):
         torch.testing.assert_close(stacked.detach()[k], separate[k].detach(), rtol=1e-6, atol=1e-7)
-        state = member_adam.state[stacked]
-        assert state["step"][k] == adams[k].state[separate[k]]["step"] == 30
+
+
+def test_with_every_member_training_each_member_follows_its_own_torch_adam():
+    stacked, separate = stacked_and_separate()
+    member_adam = MemberAdam([stacked], K, lr=0.01, eps=1e-5)
+    adams = [torch.optim.Adam([p], lr=0.01, eps=1e-5) for p in separate]
+    step_both(stacked, member_adam, separate, adams, range(30))
+    for k in range(K):
+        assert member_adam.state[stacked]["step"][k] == adams[k].state[separate[k]]["step"] == 30
 
 
 def test_members_with_different_step_counts_each_correct_by_their_own():
@@ -56,15 +62,7 @@ def test_members_with_different_step_counts_each_correct_by_their_own():
         "exp_avg": torch.stack([adams[k].state[separate[k]]["exp_avg"] for k in range(K)]),
         "exp_avg_sq": torch.stack([adams[k].state[separate[k]]["exp_avg_sq"] for k in range(K)]),
     }
-    for step in range(10, 15):
-        grad = gradients(step)
-        stacked.grad = grad.clone()
-        member_adam.step()
-        for k, (p, adam) in enumerate(zip(separate, adams)):
-            p.grad = grad[k].clone()
-            adam.step()
-    for k in range(K):
-        torch.testing.assert_close(stacked.detach()[k], separate[k].detach(), rtol=1e-6, atol=1e-7)
+    step_both(stacked, member_adam, separate, adams, range(10, 15))
 
 
 def test_an_inactive_member_keeps_its_weights_moments_and_count():
