@@ -175,6 +175,37 @@ def test_nan_parameters_of_one_member_do_not_reach_the_others():
         clean.env.close()
 
 
+def test_each_member_trains_and_copies_its_target_on_its_own_schedule():
+    """Members at different episode counts (a group resumed from checkpoints of different
+    iterations): only members that train move, each copies its target network when its own
+    episode count is due, and counts are kept per member."""
+    settings = quick(seeds=[0, 1, 2], **{"learner.target_update_interval_episodes": 10})
+    parts = run_module.build_components(settings)
+    try:
+        batch, _ = parts.runner.run(t_env=[0, 0, 0], members=np.ones(3, bool))
+        for k, member in enumerate(parts.members):
+            member.buffer.insert_episode_batch(batch[k * 4:(k + 1) * 4])
+        learner = parts.learner
+        online = lambda: [p.detach().clone() for p in learner.mac.agent.parameters()]  # noqa: E731
+        target = lambda: [p.detach().clone() for p in learner.target_mac.agent.parameters()]  # noqa: E731
+        weights_before, targets_before = online(), target()
+        samples = run_module.EpisodeBatch.concatenate([m.buffer.sample(4) for m in parts.members])
+        # Member 0 is due (12 episodes), member 1 is not (5), member 2 does not train.
+        learner.train(samples, 0, [12, 5, 20], active=[True, True, False])
+        weights_after, targets_after = online(), target()
+        for before, after, t_before, t_after in zip(weights_before, weights_after, targets_before, targets_after):
+            assert not torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
+            assert torch.equal(after[2], before[2])  # did not train: weights kept
+            assert torch.equal(t_after[0], after[0])  # due: target copied from the new weights
+            assert torch.equal(t_after[1], t_before[1]) and torch.equal(t_after[2], t_before[2])
+        assert learner.last_target_update_episode == [12, 0, 0]
+        assert learner.train_steps == [1, 1, 0]
+        assert learner.optimiser.state[next(learner.mac.agent.parameters())]["step"].tolist() == [1.0, 1.0, 0.0]
+        assert learner.member_state_dict(0)["last_target_update_episode"] == 12
+    finally:
+        parts.env.close()
+
+
 def test_member_environments_play_what_separate_environments_play():
     """MemberEnvs (merged smacsim) against each member's own environment, with partial resets."""
     seeds, n = [4, 7], 3
