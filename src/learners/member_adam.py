@@ -10,12 +10,14 @@ have corrected by its own count). Here ``step`` is a vector ``[K]`` and only the
 The update is torch's (``torch.optim.Adam``, no weight decay, no amsgrad), element for element:
 ``m <- lerp(m, g, 1 - beta1)``, ``v <- beta2 v + (1 - beta2) g^2``,
 ``p <- p - (lr / (1 - beta1^t)) m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``, with ``t`` the member's
-count. A member's slice of the state (``step[k]`` a 0-dim tensor, the moments' ``[k]`` rows) is
+count; an inactive member's rows are put back after the step (``inactive_rows_kept``, which
+also serves other optimisers over stacked parameters). A member's slice of the state (``step[k]`` a 0-dim tensor, the moments' ``[k]`` rows) is
 exactly a one-member Adam's state, so checkpoints are laid out as separate runs' are.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterable, Optional, Tuple
 
 import torch
@@ -40,25 +42,26 @@ class MemberAdam(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("MemberAdam.step does not take a closure")
         K = self.members
-        everyone = active is None or bool(active.all())
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not self.state[p]:  # before the rows are kept: fresh
+                    self.state[p]["step"] = torch.zeros(K, dtype=torch.float32)  # is 0 steps
+                    self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if active is not None and not bool(active.all()):
+            with inactive_rows_kept(self, active):
+                self._step_everyone()
+        else:
+            self._step_everyone()
+
+    def _step_everyone(self) -> None:
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            lr, eps = group["lr"], group["eps"]
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros(K, dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if everyone:
-                self._update_everyone(params, beta1, beta2, lr, eps)
-            else:
-                for p in params:
-                    self._update(p, self.state[p], active, beta1, beta2, lr, eps)
+            self._update_everyone(params, beta1, beta2, group["lr"], group["eps"])
 
     def _update_everyone(self, params, beta1, beta2, lr, eps) -> None:
-        """Every member trains: in place and over all parameters at once (the common case)."""
+        """Every member's step, in place and over all parameters at once."""
         if not params:
             return
         states = [self.state[p] for p in params]
@@ -88,22 +91,28 @@ class MemberAdam(torch.optim.Optimizer):
         torch._foreach_div_(updates, denom)
         torch._foreach_sub_(params, updates)
 
-    @staticmethod
-    def _update(p, state, active, beta1, beta2, lr, eps) -> None:
-        K = p.shape[0]
-        train = torch.ones(K, dtype=torch.bool) if active is None else active.to("cpu", torch.bool)
-        state["step"] += train.to(state["step"].dtype)
-        # Bias corrections per member, in double as torch computes them from a Python number.
-        t = state["step"].double()
-        step_size = (lr / (1 - beta1 ** t)).to(p.dtype)
-        bias_correction2_sqrt = ((1 - beta2 ** t) ** 0.5).to(p.dtype)
-        view = (K,) + (1,) * (p.dim() - 1)
-        grad = p.grad
-        exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-        exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
-        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt.to(p.device).view(view) + eps
-        new_p = p - step_size.to(p.device).view(view) * exp_avg / denom
-        keep = train.to(p.device).view(view)
-        state["exp_avg"] = torch.where(keep, exp_avg, state["exp_avg"])
-        state["exp_avg_sq"] = torch.where(keep, exp_avg_sq, state["exp_avg_sq"])
-        p.copy_(torch.where(keep, new_p, p))
+
+@contextmanager
+def inactive_rows_kept(optimiser: torch.optim.Optimizer, active: torch.Tensor):
+    """Whatever ``optimiser`` steps inside, the members that are not ``active`` (bool ``[K]``)
+    keep their rows: weights and every per-member state buffer (moments, MemberAdam's counts)."""
+    inactive = torch.nonzero(~active.to(torch.bool)).flatten().cpu()
+    members = int(active.numel())
+
+    def rows(tensor):
+        return tensor.detach()[inactive.to(tensor.device)].clone()
+
+    saved = []
+    for group in optimiser.param_groups:
+        for p in group["params"]:
+            state = {name: rows(value) for name, value in optimiser.state.get(p, {}).items()
+                     if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == members}
+            saved.append((p, rows(p), state))
+    yield
+    if inactive.numel() == 0:
+        return
+    with torch.no_grad():
+        for p, weights, state in saved:
+            p[inactive.to(p.device)] = weights
+            for name, value in state.items():
+                optimiser.state[p][name][inactive.to(value.device)] = value

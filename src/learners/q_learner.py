@@ -16,7 +16,7 @@ import torch
 from qmixlab.components import masks as mask_rules
 from qmixlab.components.mask_options import MaskOptions
 from qmixlab.learners.compute_plan import plan_compute
-from qmixlab.learners.member_adam import MemberAdam
+from qmixlab.learners.member_adam import MemberAdam, inactive_rows_kept
 from qmixlab.learners.options import LearnerOptions  # also re-exported: defined without torch
 from qmixlab.learners.targets import lambda_returns
 from qmixlab.modules.mixers import QPLEXMixer
@@ -245,25 +245,13 @@ class QLearner:
 
     # ------------------------------------------------------------------ target networks
     def _member_optimiser_step(self, active: torch.Tensor) -> None:
-        """Step only the active members: MemberAdam does so itself; for another optimiser the
-        inactive members' weights and per-element state are put back after its step."""
+        """Step only the active members (MemberAdam does so itself; for another optimiser the
+        inactive members' rows are put back after its step)."""
         if isinstance(self.optimiser, MemberAdam):
             self.optimiser.step(active=active)
             return
-        inactive = torch.nonzero(~active).flatten()
-        if inactive.numel() == 0:
+        with inactive_rows_kept(self.optimiser, active):
             self.optimiser.step()
-            return
-        saved = [(p, p.detach()[inactive].clone(),
-                  {name: v[inactive].clone() for name, v in self.optimiser.state.get(p, {}).items()
-                   if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == self.members})
-                 for p in self.params]
-        self.optimiser.step()
-        with torch.no_grad():
-            for p, weights, state in saved:
-                p[inactive] = weights
-                for name, value in state.items():
-                    self.optimiser.state[p][name][inactive] = value
 
     def _update_member_targets(self, episodes, trained) -> None:
         """Each trained member's target update on its own schedule (hard: every
