@@ -30,6 +30,8 @@ from qmixlab.learners.q_learner import LearnerOptions, QLearner
 from qmixlab.modules.agents import RNNAgent
 from qmixlab.runners.batch_runner import BatchRunner
 
+from vectorised_paths import assert_fast_path_plays_the_checked_path
+
 LBF_KEY, RWARE_KEY = "Foraging-8x8-2p-3f-v3", "rware-tiny-2ag-v2"
 FIXTURE = "QmixlabTest/Fixture-v0"
 
@@ -571,3 +573,16 @@ def test_an_unknown_id_is_a_one_line_error_on_the_command_line(capsys, tmp_path)
     assert "Traceback" not in err
     assert "qmixlab: unknown gymnasium id 'Foraging-8x8-2p-3f-v2' for env=lbf" in err
     assert "Did you mean 'Foraging-8x8-2p-3f-v3'" in err
+
+
+# ---------------------------------------------------------------- VectorisedEnvs' fast path
+@pytest.mark.parametrize("backend, args, kinds", [
+    ("lbf", {"key": LBF_KEY}, {"truncated"}),  # random play never clears the field
+    ("rware", {"key": RWARE_KEY, "time_limit": 25}, {"truncated"}),
+    ("gymma", {"key": FIXTURE, "env_kwargs": {"finish_at": (2, 4)}}, {"terminated"}),
+    ("gymma", {"key": FIXTURE, "env_kwargs": {"finish_at": (2, 3), "truncate_agent": 1}}, {"truncated"}),
+    ("gymma", {"key": FIXTURE, "env_kwargs": {"mask_in_info": True}}, {"truncated"}),
+])
+def test_the_fast_path_plays_exactly_the_general_path(backend, args, kinds):
+    ends = assert_fast_path_plays_the_checked_path(lambda: make_batched_env(backend, 3, seed=0, **args))
+    assert {kind for kind, count in ends.items() if count} == kinds  # both ends were exercised

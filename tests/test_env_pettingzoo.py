@@ -31,6 +31,8 @@ from qmixlab.learners.q_learner import QLearner
 from qmixlab.modules.agents import RNNAgent
 from qmixlab.runners.batch_runner import BatchRunner
 
+from vectorised_paths import assert_fast_path_plays_the_checked_path
+
 STAY, LEFT, RIGHT = 0, 1, 2
 
 
@@ -500,3 +502,14 @@ def test_training_on_mpe_through_the_command_line(capsys, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["loss"]["values"] and all(np.isfinite(metrics["loss"]["values"]))
     assert metrics["ep_length_mean"]["values"][-1] == 25 and metrics["timeout_mean"]["values"][-1] == 1.0
+
+
+# ---------------------------------------------------------------- VectorisedEnvs' fast path
+@pytest.mark.parametrize("name, args, kinds", [
+    ("mpe", {"task": "simple_spread_v3", "max_cycles": 25}, {"truncated"}),
+    ("mpe", {"task": "simple_speaker_listener_v4", "max_cycles": 25, "pad_observations": True}, {"truncated"}),
+    ("pettingzoo", {"env_fn": Corridor, "noop_action": STAY}, {"terminated", "truncated"}),
+])
+def test_the_fast_path_plays_exactly_the_general_path(name, args, kinds):
+    ends = assert_fast_path_plays_the_checked_path(lambda: make_batched_env(name, 3, seed=0, **args))
+    assert {kind for kind, count in ends.items() if count} == kinds  # both ends were exercised

@@ -411,6 +411,17 @@ class GymnasiumMultiAgentEnv(MultiAgentEnv):
                     f"{self.key}: action {action} is not available to agent {agent}; available: "
                     f"{np.flatnonzero(avail[agent]).tolist()}"
                 )
+        reward, ended_terminal, ended_truncated = self.step_checked(actions)
+        if not (ended_terminal or ended_truncated):
+            return reward, False, {}
+        if ended_terminal:
+            return reward, True, {}
+        return reward, True, {"episode_limit": True}
+
+    def step_checked(self, actions: List[int]) -> Tuple[float, bool, bool]:
+        """``step`` for a caller that has checked ``actions`` (Python ints, one per agent, each
+        available, the episode running): ``(reward, terminated, truncated)``, the two kinds of
+        end kept apart (``multiagentenv.MultiAgentEnv.step_checked``)."""
         if self._actions_shifted:
             actions = [a + start for a, start in zip(actions, self._action_starts)]
         obs, rewards, terminated, truncated, info = self.env.step(actions)
@@ -433,14 +444,12 @@ class GymnasiumMultiAgentEnv(MultiAgentEnv):
         self._read_obs(obs)
         self._read_avail(obs, info)
 
-        if not (ended_terminal or ended_truncated):
-            return reward, False, {}
-        self._episode_over = True
-        self._episodes += 1
-        if ended_terminal:
-            return reward, True, {}
-        self._timeouts += 1
-        return reward, True, {"episode_limit": True}
+        if ended_terminal or ended_truncated:
+            ended_truncated = not ended_terminal  # a terminal state is never a time-out
+            self._episode_over = True
+            self._episodes += 1
+            self._timeouts += ended_truncated
+        return reward, ended_terminal, ended_truncated
 
     def _other_reward(self, rewards) -> float:
         """A scalar team reward as it is, or a numpy array of per-agent rewards reduced."""

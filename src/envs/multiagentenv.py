@@ -42,7 +42,7 @@ class MultiAgentEnv:
       step, e.g. ``("invalid",)``), ``noop_action`` (the index a dead agent is left with) or
       ``provides_alive = True`` with ``get_alive_agents()`` (n_agents bools), ``auto_reset``.
     * Optional hooks: ``get_rng_state()`` / ``set_rng_state(state)`` with plain Python values
-      (for exact resume).
+      (for exact resume); ``step_checked(actions)`` (below), the fast path of ``VectorisedEnvs``.
     """
 
     n_agents: int
@@ -55,6 +55,16 @@ class MultiAgentEnv:
     def step(self, actions):
         """Apply one joint action; returns ``(reward, terminated, info)``."""
         raise NotImplementedError
+
+    # Optional, not defined here: ``step_checked(actions) -> (reward, terminated, truncated)``.
+    # An environment that has it promises that, given a list of Python ints the caller has
+    # checked (one per agent, each available, the episode running, no ``auto_reset``), it
+    # steps like ``step`` and reports the end exactly: ``terminated`` a true terminal state,
+    # ``truncated`` its time limit (never both; one of them by ``episode_limit`` steps), and
+    # that its getters return arrays of exactly the declared shapes and dtypes (float32
+    # observations and state, bool availability and alive rows). ``VectorisedEnvs`` then skips
+    # its own re-checks and the time-out rule (qmixlab's gymnasium and PettingZoo adapters;
+    # their tests compare both paths).
 
     def get_obs(self):
         raise NotImplementedError

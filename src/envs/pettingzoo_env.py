@@ -68,7 +68,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -334,16 +334,22 @@ class PettingZooEnv(MultiAgentEnv):
                              "reset() before step()")
         if len(actions) != self.n_agents:
             raise ValueError(f"{self._name}: expected {self.n_agents} actions (one per agent), got {len(actions)}")
-        env_actions = {}
+        actions = [int(action) for action in actions]
         for i, action in enumerate(actions):
-            action = int(action)
             if not (0 <= action < self.n_actions and self._avail[i, action]):
                 raise ValueError(
                     f"{self._name}: action {action} is not available to agent {i} ({self._agents[i]!r}); "
                     f"available: {np.flatnonzero(self._avail[i]).tolist()}"
                 )
-            if self._alive[i]:
-                env_actions[self._agents[i]] = self._action_start[i] + action
+        reward, terminated, truncated = self.step_checked(actions)
+        return reward, terminated or truncated, ({"episode_limit": True} if truncated else {})
+
+    def step_checked(self, actions: List[int]) -> Tuple[float, bool, bool]:
+        """``step`` for a caller that has checked ``actions`` (Python ints, one per agent, each
+        available, the episode running): ``(reward, terminated, truncated)``, the two kinds of
+        end kept apart (``multiagentenv.MultiAgentEnv.step_checked``)."""
+        alive, agents, starts = self._alive, self._agents, self._action_start
+        env_actions = {agents[i]: starts[i] + action for i, action in enumerate(actions) if alive[i]}
         observations, rewards, terminations, truncations, infos = self.env.step(env_actions)
         self._t += 1
         reward = float(sum(rewards.values())) * self._reward_scale
@@ -370,11 +376,8 @@ class PettingZooEnv(MultiAgentEnv):
         self._alive[:] = row_alive
         self._read_rows(observations, infos, row_alive)
         self._episode_over = ended
-        info = {}
-        if truncated:
-            self._timeouts += 1
-            info["episode_limit"] = True
-        return reward, ended, info
+        self._timeouts += truncated
+        return reward, ended and not truncated, truncated
 
     def _agent_index(self, name) -> int:
         try:

@@ -221,6 +221,9 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                 )
         self._envs = envs
         self._env_info = dict(infos[0])
+        # The fast path (MultiAgentEnv.step_checked): every env has it and none resets itself.
+        checked = [getattr(env, "step_checked", None) for env in envs]
+        self._checked_steps = checked if all(map(callable, checked)) and not base.auto_reset else None
         # flag name -> info keys it is read from
         self._flag_sources: Dict[str, List[str]] = {flag: [flag] for flag in base.step_flags}
         for info_key, flag in dict(info_flags).items():
@@ -245,6 +248,7 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
         self._views = tuple(_read_only(a) for a in (self._obs, self._state, self._avail, self._alive))
         self._episode_steps = np.zeros(n, dtype=np.int64)
         self._needs_reset = np.ones(n, dtype=bool)  # never reset, or episode ended
+        self._resets_owed = n  # how many of _needs_reset are True (skips a check per step)
         self._counters: List[Optional[Dict[str, int]]] = [None] * n
         self._warned_cut = False
         self._closed = False
@@ -268,6 +272,7 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
             env = self._envs[i]
             env.reset()
             self._episode_steps[i] = 0
+            self._resets_owed -= bool(self._needs_reset[i])
             self._needs_reset[i] = False
             self._counters[i] = _read_counters(env)
             self._read_arrays(i)
@@ -297,12 +302,14 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
 
         n = self.n_envs
         reward = np.zeros(n, dtype=np.float32)
-        terminated = np.zeros(n, dtype=bool)
-        truncated = np.zeros(n, dtype=bool)
-        battle_won = np.zeros(n, dtype=bool)
-        dead_allies = np.zeros(n, dtype=np.int64)
-        dead_enemies = np.zeros(n, dtype=np.int64)
-        flags = {name: np.zeros(n, dtype=bool) for name in self._flag_sources}
+        # One allocation for every bool row and one for the counts (this runs on every step).
+        bools = np.zeros((3 + len(self._flag_sources), n), dtype=bool)
+        terminated, truncated, battle_won = bools[0], bools[1], bools[2]
+        flags = dict(zip(self._flag_sources, bools[3:]))
+        dead_allies, dead_enemies = np.zeros((2, n), dtype=np.int64)
+        if self._checked_steps is not None:
+            self._step_checked(actions, active_ids, reward, terminated, truncated)
+            return BatchedStep(reward, terminated, truncated, battle_won, dead_allies, dead_enemies, flags)
         finals = None
         if self._spec.auto_reset:
             finals = (np.zeros_like(self._obs), np.zeros_like(self._state), np.zeros_like(self._avail),
@@ -333,7 +340,8 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                         if info.get(key, False):
                             flags[flag][i] = True
                             break
-            flags["invalid"][i] |= crashed
+            if crashed:
+                flags["invalid"][i] = True
             if not (term_i or timeout_i):
                 self._read_arrays(i)
             elif finals is not None and env_terminated:
@@ -344,6 +352,7 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                 self._read_arrays(i)
             else:
                 self._needs_reset[i] = True
+                self._resets_owed += 1
                 self._read_arrays(i)
                 if finals is not None:  # cut by rule 5: the current arrays are the final ones
                     for final, current in zip(finals, (self._obs, self._state, self._avail, self._alive)):
@@ -355,6 +364,32 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
             if self._spec.provides_alive:
                 step.alive = np.where((terminated | truncated)[:, None], finals[3], self._alive)
         return step
+
+    def _step_checked(self, actions, active_ids, reward, terminated, truncated) -> None:
+        """The fast path: environments with ``step_checked`` (``MultiAgentEnv``) get the
+        actions checked above as Python ints, report terminated and truncated themselves, and
+        hand out arrays of the declared shapes and dtypes, copied here without re-checks."""
+        steps, envs, rows = self._checked_steps, self._envs, actions.tolist()
+        alive = self._spec.provides_alive
+        for i in active_ids:
+            r, term, trunc = steps[i](rows[i])
+            self._episode_steps[i] += 1
+            reward[i] = r
+            if term or trunc:
+                terminated[i], truncated[i] = term, trunc
+                self._needs_reset[i] = True
+                self._resets_owed += 1
+            elif self._episode_steps[i] >= self.episode_limit:
+                raise RuntimeError(
+                    f"environment {i} ({type(envs[i]).__qualname__}) has step_checked but did not end "
+                    f"its episode within episode_limit={self.episode_limit} steps"
+                )
+            env = envs[i]
+            self._obs[i] = env.get_obs()
+            self._state[i] = env.get_state()
+            self._avail[i] = env.get_avail_actions()
+            if alive:
+                self._alive[i] = env.get_alive_agents()
 
     def _check_step_inputs(self, actions, active):
         """Validate everything before any environment is advanced, so a bad call changes nothing.
@@ -384,7 +419,7 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
             if not active_ids:
                 return actions, active_ids
             chosen, needs_reset = actions[ids], self._needs_reset[ids]
-        if needs_reset.any():
+        if self._resets_owed and needs_reset.any():
             i = int(ids[needs_reset][0])
             state = "has not been reset" if self._episode_steps[i] == 0 else (
                 f"ended its episode at step {self._episode_steps[i]}"
@@ -502,9 +537,11 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                 f"environment {i}: {sources[2]} has shape {avail.shape}, expected "
                 f"(n_agents, n_actions) = {(self.n_agents, self.n_actions)}"
             )
-        if avail.dtype != bool and not np.all((avail == 0) | (avail == 1)):
-            raise ValueError(f"environment {i}: {sources[2]} must hold only 0/1, got {avail.tolist()}")
-        return obs, state, avail != 0
+        if avail.dtype != bool:
+            if not np.all((avail == 0) | (avail == 1)):
+                raise ValueError(f"environment {i}: {sources[2]} must hold only 0/1, got {avail.tolist()}")
+            avail = avail != 0
+        return obs, state, avail
 
     def _checked_alive(self, i: int, alive, source: str) -> np.ndarray:
         alive = np.asarray(alive)
@@ -513,7 +550,7 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                 f"environment {i}: {source} must be {self.n_agents} bools (one per agent), got "
                 f"{alive.tolist()}"
             )
-        return alive != 0
+        return alive if alive.dtype == bool else alive != 0
 
     # --------------------------------------------------------------------------- getters
     def get_obs(self) -> np.ndarray:
