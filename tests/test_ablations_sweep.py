@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -621,3 +622,35 @@ def test_a_stopped_pool_stops_its_running_runs_and_starts_no_queued_one(tmp_path
     started = {p.parent.name for p in out.glob("runs/*/started")}
     assert len(started) == 2 and all(states[rid] == "interrupted" for rid in started)
     assert not any((out / "runs" / rid / "status.json").exists() for rid in set(states) - started)
+
+
+# --------------------------------------------------------------------------- other environment families
+@pytest.mark.parametrize("env, task, key", [
+    ("smacsim", "3m", "env_args.map_name"),
+    ("mpe", "simple_spread_v3", "env_args.task"),
+    ("lbf", "Foraging-8x8-2p-2f-coop-v3", "env_args.key"),
+    ("rware", "rware-tiny-2ag-v2", "env_args.key"),
+])
+def test_maps_set_each_backends_own_task_argument(env, task, key):
+    spec = sweep.parse_sweep({"name": "families", "alg": "qmix", "env": env, "base": {"t_max": 1000},
+                              "variants": ["standard"], "maps": [task], "seeds": [0]})
+    (run,) = sweep.expand(spec, "/tmp/unused")
+    overrides = sweep.command_overrides(run)
+    assert overrides[key] == task
+    assert [k for k in overrides if k.startswith("env_args.")] == [key]
+    with pytest.raises(ConfigError, match=re.escape(repr(key)) + ".*set by the sweep itself"):
+        sweep.parse_sweep({"name": "families", "alg": "qmix", "env": env,
+                           "base": {"t_max": 1000, "env_args": {key.split(".")[1]: task}},
+                           "variants": ["standard"], "maps": [task], "seeds": [0]})
+
+
+def test_a_backend_without_a_task_argument_takes_one_map_as_a_label():
+    base = {"t_max": 1000, "env_args": {"env_fn": "mpe2.simple_spread_v3:parallel_env"}}
+    spec = sweep.parse_sweep({"name": "pz", "alg": "qmix", "env": "pettingzoo", "base": base,
+                              "variants": ["standard"], "maps": ["spread"], "seeds": [0]})
+    (run,) = sweep.expand(spec, "/tmp/unused")
+    overrides = sweep.command_overrides(run)
+    assert [k for k in overrides if k.startswith("env_args.")] == ["env_args.env_fn"]  # the label sets nothing
+    with pytest.raises(ConfigError, match=r"'pettingzoo' takes none of the task arguments.*one label in maps"):
+        sweep.parse_sweep({"name": "pz", "alg": "qmix", "env": "pettingzoo", "base": base,
+                           "variants": ["standard"], "maps": ["a", "b"], "seeds": [0]})

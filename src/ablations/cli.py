@@ -53,7 +53,8 @@ def _report_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="qmixlab report", description="Statistics and figures of a sweep folder.")
     parser.add_argument("sweep_dir", help="the sweep folder (holds sweep.yaml and runs/), or a folder of sweep folders")
-    parser.add_argument("--metric", default=REPORT_METRICS[0], help="headline metric (default: %(default)s)")
+    parser.add_argument("--metric", default=None,
+                        help=f"headline metric (default: {REPORT_METRICS[0]} for smacsim and sc2, {REPORT_METRICS[1]} for every other environment)")
     parser.add_argument("--out", help="report path (default: <sweep folder>/report.md; one sweep folder only)")
     parser.add_argument("--last-k", type=int, default=stats.DEFAULT_LAST_K,
                         help="final score = mean of the last K evaluations (default: %(default)s)")
@@ -143,6 +144,7 @@ def ablate(argv: List[str], executor=None, group_executor=None) -> int:
     if args.seeds_per_process is not None:
         spec = dataclasses.replace(
             spec, seeds_per_process=sweep.check_seeds_per_process(args.seeds_per_process, "--seeds-per-process"))
+    sweep.check_task_axis(spec)
     sweep.check_reserved_keys(spec)
     sweep_dir = Path(args.out) if args.out else sweep.default_sweep_dir(spec)
     kept = _check_destination(sweep_dir, args.append)

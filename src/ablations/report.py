@@ -27,6 +27,14 @@ from qmixlab.ablations.sweep import (
 )
 
 REPORT_METRICS = ("test_battle_won_mean", "test_return_mean")
+# Backends whose episodes are battles: their headline metric is the win rate; every other family's
+# (LBF, RWARE, MPE, plug-ins) is the return.
+BATTLE_ENVS = ("smacsim", "sc2")
+
+
+def headline_metric(env: str) -> str:
+    """The report's default headline metric for backend ``env``."""
+    return REPORT_METRICS[0] if env in BATTLE_ENVS else REPORT_METRICS[1]
 MISSING = "missing"
 CONFLICT = "conflicting"  # a run folder made under another definition of its variant
 DEFINING_KEYS = ("variant", "map_name", "seed", "alg", "env", "overrides")
@@ -491,12 +499,13 @@ def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path, start)
 
 
-def build_report(sweep_dir, metric: str = REPORT_METRICS[0], out=None, last_k: int = stats.DEFAULT_LAST_K,
+def build_report(sweep_dir, metric: Optional[str] = None, out=None, last_k: int = stats.DEFAULT_LAST_K,
                  reps: int = stats.DEFAULT_REPS, seed: int = 0) -> Path:
     """Write ``report.md`` (or ``out``), ``figures/*.png`` and ``marl_eval.json``; return the
-    report's path."""
+    report's path. ``metric``: the headline (default: ``headline_metric`` of the sweep's env)."""
     sweep_dir = Path(sweep_dir)
     spec, extension_notes = extend_with_copied_runs(read_sweep_file(sweep_dir), sweep_dir)
+    metric = metric or headline_metric(spec.env)
     out = Path(out) if out else sweep_dir / "report.md"
     figures_dir = sweep_dir / FIGURES_DIR
     figures_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,10 @@ REQUIRED_KEYS = ("name", "variants", "maps", "seeds")
 # Keys the sweep sets itself for every run; an override of them would be silently overridden.
 RESERVED_KEYS = ("alg", "env", "seed", "local_results_path", "progress_bar", "env_args.map_name", "seeds",
                  "member_results_paths")
+# The env_args key a sweep's ``maps`` set, the first of these the backend takes: SMAC's map (smacsim,
+# sc2), MPE's task, a gymnasium id (gymma, lbf, rware). A backend taking only ``**kwargs`` gets
+# map_name.
+TASK_ARGS = ("map_name", "task", "key")
 # Runs of one code path (variant and map) trained in one process unless the sweep says otherwise.
 DEFAULT_SEEDS_PER_PROCESS = 5
 REFERENCE_VARIANT = "standard"
@@ -257,13 +261,45 @@ def run_overrides(spec: SweepSpec, variant: str, map_name: str) -> dict:
     return deep_merge(overrides, spec.variants[variant])
 
 
+def task_arg(env: str) -> Optional[str]:
+    """The env_args key that names the task of backend ``env`` (TASK_ARGS), which a sweep's
+    ``maps`` set: ``map_name`` for smacsim, ``task`` for mpe, ``key`` for lbf; None for a backend
+    that takes none of them (its task is in ``base.env_args``; the sweep's one map is a label)."""
+    from qmixlab.envs import env_arg_defaults
+
+    try:
+        accepted = env_arg_defaults(env)
+    except (ValueError, TypeError, ImportError) as err:
+        raise ConfigError(f"environment {env!r}: {err}") from None
+    if not accepted:
+        return TASK_ARGS[0]
+    return next((name for name in TASK_ARGS if name in accepted), None)
+
+
+def task_overrides(env: str, map_name: str) -> Dict[str, Any]:
+    """What one entry of a sweep's ``maps`` sets on the command line."""
+    name = task_arg(env)
+    return {} if name is None else {f"env_args.{name}": map_name}
+
+
+def check_task_axis(spec: SweepSpec) -> None:
+    """A backend without a task argument can be swept over one label only."""
+    if task_arg(spec.env) is None and len(spec.maps) > 1:
+        raise ConfigError(
+            f"environment {spec.env!r} takes none of the task arguments {list(TASK_ARGS)}, so maps "
+            f"{spec.maps} cannot set its task: list one label in maps and set the environment's "
+            "arguments in base.env_args (or per_map)"
+        )
+
+
 def check_reserved_keys(spec: SweepSpec) -> None:
     """The keys every run's command line sets itself may not be overridden (silently lost)."""
+    reserved = set(RESERVED_KEYS) | {f"env_args.{name}" for name in [task_arg(spec.env)] if name}
     for variant in spec.variants:
         for map_name in spec.maps:
             where = f"variant {variant!r} on map {map_name!r}"
             for key in flatten_overrides(run_overrides(spec, variant, map_name), where=where):
-                if key in RESERVED_KEYS:
+                if key in reserved:
                     raise ConfigError(f"{where}: {key!r} is set by the sweep itself (alg/env/maps/seeds); "
                                       "remove it from the overrides")
 
@@ -271,6 +307,7 @@ def check_reserved_keys(spec: SweepSpec) -> None:
 def validate_sweep(spec: SweepSpec) -> None:
     """Validate every (variant, map) configuration before any run starts; the first failure
     raises ConfigError naming the variant and map (``invalid_runs`` lists them all)."""
+    check_task_axis(spec)
     check_reserved_keys(spec)
     for variant in spec.variants:
         for map_name in spec.maps:
@@ -449,7 +486,7 @@ def flatten_overrides(overrides: dict, prefix: str = "", where: str = "overrides
 
 def command_overrides(run: RunSpec) -> Dict[str, Any]:
     """The dotted keys and values one run's command line sets, in order (after ``with``)."""
-    fixed = {"alg": run.alg, "env": run.env, "env_args.map_name": run.map_name, "seed": run.seed,
+    fixed = {"alg": run.alg, "env": run.env, **task_overrides(run.env, run.map_name), "seed": run.seed,
              "local_results_path": str(run.run_dir), "progress_bar": False}
     return {**fixed, **flatten_overrides(run.overrides, where=run.run_id)}
 
