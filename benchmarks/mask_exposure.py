@@ -37,6 +37,7 @@ import torch
 from qmixlab.components.mask_options import MaskOptions
 from qmixlab.components.masks import build_transition_masks
 from qmixlab.envs import make_batched_env
+from qmixlab.envs.random_play import RandomAvailableController
 from qmixlab.runners.batch_runner import BatchRunner
 
 TASKS: Dict[str, tuple] = {
@@ -46,20 +47,6 @@ TASKS: Dict[str, tuple] = {
     "mpe-spread": ("mpe", {"task": "simple_spread_v3"}),
 }
 MEASURES = ("truncated", "post_terminal", "padding", "length_cv", "dead", "restricted")
-
-
-class RandomAvailable:
-    """A controller stand-in choosing uniformly among the available actions."""
-
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-
-    def init_hidden(self, n):
-        pass
-
-    def select_actions(self, obs, avail, t_env, test_mode=False, env_mask=None):
-        avail = np.asarray(avail)
-        return torch.as_tensor((self.rng.random(avail.shape) + avail).argmax(-1))
 
 
 def exposure(batch, options: MaskOptions) -> Dict[str, np.ndarray]:
@@ -90,7 +77,7 @@ def exposure(batch, options: MaskOptions) -> Dict[str, np.ndarray]:
 
 def measure(backend: str, env_args: dict, episodes: int, seed: int = 0, n_envs: int = 8) -> Dict[str, float]:
     env = make_batched_env(backend, n_envs, seed=seed, **env_args)
-    runner = BatchRunner(env, RandomAvailable(seed))
+    runner = BatchRunner(env, RandomAvailableController(seed))
     options = MaskOptions()
     parts: List[Dict[str, np.ndarray]] = []
     while sum(int(p["episodes"]) for p in parts) < episodes:

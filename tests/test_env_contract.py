@@ -523,3 +523,14 @@ def test_wrapper_rng_hooks_restore_every_wrapped_env():
     assert make_batched_env(f"{LINE}:NoRngHooksLineWorld", 2).get_rng_state() is None
     with pytest.raises(ValueError, match="got random states for 2 environments, expected 3"):
         env.set_rng_state(state[:2])
+
+
+def test_random_play_draws_every_available_action_and_no_other():
+    from qmixlab.envs.random_play import RandomAvailableController
+
+    avail = np.array([[[True, False, True, True], [False, False, False, True]]] * 2000)  # [2000, 2, 4]
+    actions = RandomAvailableController(seed=0).select_actions(None, avail, 0).numpy()
+    assert actions.shape == (2000, 2) and actions.dtype == np.int64
+    counts = np.bincount(actions[:, 0], minlength=4)
+    assert counts[1] == 0 and counts[3] + counts[0] + counts[2] == 2000 and counts.min(initial=2000, where=avail[0, 0]) > 600
+    assert (actions[:, 1] == 3).all()

@@ -8,7 +8,6 @@ variants there; this test is what that rests on."""
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from qmixlab.components.mask_options import MaskOptions
 from qmixlab.components.schedules import LinearSchedule
 from qmixlab.controllers.agent_controller import AgentController
 from qmixlab.envs import make_batched_env
+from qmixlab.envs.random_play import RandomAvailableController
 from qmixlab.learners.q_learner import LearnerOptions, QLearner
 from qmixlab.modules.agents import RNNAgent
 from qmixlab.modules.mixers import build_mixer
@@ -26,18 +26,6 @@ from qmixlab.runners.batch_runner import BatchRunner
 PRESETS = ("timeout_as_terminal", "filled_only", "no_padding_mask", "mean_over_all_rows",
            "agent_step_normalisation", "episode_normalisation", "no_target_avail_mask",
            "inf_fill_value", "dead_agents_zeroed", "drop_masked_rows", "no_trimming")
-
-
-class RandomPolicy:
-    def __init__(self, seed=0):
-        self.rng = np.random.default_rng(seed)
-
-    def init_hidden(self, n):
-        pass
-
-    def select_actions(self, obs, avail, t_env, test_mode=False, env_mask=None):
-        avail = np.asarray(avail)
-        return torch.as_tensor((self.rng.random(avail.shape) + avail).argmax(-1))
 
 
 def loss_and_gradients(spec, batch, masks, mixer_name):
@@ -62,7 +50,7 @@ def loss_and_gradients(spec, batch, masks, mixer_name):
 def test_only_time_outs_change_the_loss_where_episodes_run_to_the_limit(backend, args, mixer_name):
     env = make_batched_env(backend, 4, seed=0, **args)
     spec = env.get_spec()
-    batch, stats = BatchRunner(env, RandomPolicy()).run()
+    batch, stats = BatchRunner(env, RandomAvailableController()).run()
     assert (stats.timeouts == 1).all() and batch["avail_actions"].all()
     standard_loss, standard_grads = loss_and_gradients(spec, batch, MaskOptions(), mixer_name)
     assert standard_loss > 0

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .multiagentenv import BatchedMultiAgentEnv, BatchedStep
+from .random_play import RandomAvailableController, random_available_actions
 from .registry import check_env_args, make_batched_env
 from .spec import EnvSpec, spec_of
 from .vectorised import FINAL_INFO_KEYS, VectorisedEnvs
@@ -241,11 +242,6 @@ class _DeadAgentTracker:
         self.run[rows] = 0
 
 
-def _random_actions(rng: np.random.Generator, avail: np.ndarray) -> np.ndarray:
-    scores = rng.random(avail.shape) + avail  # available actions score in [1, 2)
-    return scores.argmax(-1).astype(np.int64)
-
-
 def _ended_check(report: _Report, length: int, limit: int, truncated: bool, where: str) -> None:
     if length > limit:
         report.add("warning", "late-end",
@@ -282,7 +278,7 @@ class _PerEnvProbe:
                 dead = _DeadAgentTracker(spec, report, (spec.n_agents,))
                 dead.update(avail)
                 for t in range(1, cap + 1):
-                    actions = _random_actions(rng, avail)
+                    actions = random_available_actions(rng, avail)
                     reward, terminated, info = env.step([int(a) for a in actions])
                     if not self._check_step(reward, info, f"{where}, step {t}"):
                         return
@@ -340,7 +336,7 @@ class _PerEnvProbe:
         # Without a declared auto-reset, stepping an ended episode must raise.
         try:
             avail = np.asarray(env.get_avail_actions()) != 0
-            env.step([int(a) for a in _random_actions(rng, avail)])
+            env.step([int(a) for a in random_available_actions(rng, avail)])
         except Exception:
             return
         report.add("error", "undeclared-auto-reset",
@@ -379,7 +375,7 @@ class _BatchedProbe:
             running = np.ones(n, bool)
             lengths = np.zeros(n, np.int64)
             for t in range(1, cap + 1):
-                actions = np.where(running[:, None], _random_actions(rng, avail), 0)
+                actions = np.where(running[:, None], random_available_actions(rng, avail), 0)
                 step = self.env.step(actions, running.copy())
                 if not self._check_step(step, f"{where}, step {t}"):
                     return
@@ -452,7 +448,7 @@ class _BatchedProbe:
         only[i] = True
         try:
             avail = np.asarray(self.env.get_avail_actions()) != 0
-            self.env.step(np.where(only[:, None], _random_actions(rng, avail), 0), only)
+            self.env.step(np.where(only[:, None], random_available_actions(rng, avail), 0), only)
         except Exception:
             return False  # as the contract asks (and the env was not advanced)
         report.add("error", "undeclared-auto-reset",
@@ -509,19 +505,6 @@ def _check_rng_hooks(env, report: _Report) -> None:
                    "include every random generator the environment uses in get_rng_state()")
 
 
-class _RandomController:
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-
-    def init_hidden(self, n_envs: int) -> None:
-        pass
-
-    def select_actions(self, obs, avail_actions, t_env, test_mode=False, env_mask=None):
-        import torch
-
-        return torch.as_tensor(_random_actions(self.rng, np.asarray(avail_actions)))
-
-
 def _check_rollout(env: str, env_args: dict, n_envs: int, seed: int, report: _Report) -> None:
     """One rollout through make_batched_env and BatchRunner, as training does it."""
     from qmixlab.runners.batch_runner import BatchRunner
@@ -531,7 +514,7 @@ def _check_rollout(env: str, env_args: dict, n_envs: int, seed: int, report: _Re
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # problems it warns about were reported by the probes
             batched = make_batched_env(env, n_envs, seed=seed, **env_args)
-            BatchRunner(batched, _RandomController(seed)).run(test_mode=False)
+            BatchRunner(batched, RandomAvailableController(seed)).run(test_mode=False)
     except Exception as error:
         report.add("error", "rollout", f"a rollout through the runner failed: {type(error).__name__}: {error}",
                    "see docs/environments.md for what the runner expects")
