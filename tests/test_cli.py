@@ -234,12 +234,19 @@ def test_sigterm_and_ctrl_c_save_and_stop_cleanly(tmp_path, signum, exit_code):
 
 @pytest.mark.slow
 def test_ctrl_c_without_saving_says_so(tmp_path):
-    process = spawn("-u", "with", *TINY, "t_max=100000000", "save_model=False",
-                    f"local_results_path={tmp_path}", cwd=tmp_path)
-    time.sleep(6.0)  # past start-up, into training
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    log = tmp_path / "stderr.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(FIXTURES))
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qmixlab", "-u", "with", *TINY, "t_max=100000000", "save_model=False",
+             f"local_results_path={tmp_path}"], cwd=tmp_path, env=env, text=True,
+            stdout=subprocess.DEVNULL, stderr=stderr)
+        # Past start-up, into training (a fixed sleep is not enough on a loaded machine).
+        assert wait_for(lambda: "t_env:" in log.read_text()), log.read_text()[-3000:]
+        assert process.poll() is None, log.read_text()[-3000:]
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    err = log.read_text()
     assert process.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "saving a checkpoint" not in err
     assert "save_model=False" in err and not (tmp_path / "models").exists()

@@ -269,8 +269,9 @@ def task_arg(env: str) -> Optional[str]:
 
     try:
         accepted = env_arg_defaults(env)
-    except (ValueError, TypeError, ImportError) as err:
-        raise ConfigError(f"environment {env!r}: {err}") from None
+    except (ValueError, TypeError, ImportError):
+        # An unknown or broken backend: each run's validation names the problem.
+        return TASK_ARGS[0]
     if not accepted:
         return TASK_ARGS[0]
     return next((name for name in TASK_ARGS if name in accepted), None)
