@@ -35,6 +35,8 @@ BATTLE_ENVS = ("smacsim", "sc2")
 def headline_metric(env: str) -> str:
     """The report's default headline metric for backend ``env``."""
     return REPORT_METRICS[0] if env in BATTLE_ENVS else REPORT_METRICS[1]
+
+
 MISSING = "missing"
 CONFLICT = "conflicting"  # a run folder made under another definition of its variant
 DEFINING_KEYS = ("variant", "map_name", "seed", "alg", "env", "overrides")

@@ -58,8 +58,9 @@ class MultiAgentEnv:
 
     # Optional, not defined here: ``step_checked(actions) -> (reward, terminated, truncated)``.
     # An environment that has it promises that, given a list of Python ints the caller has
-    # checked (one per agent, each available, the episode running, no ``auto_reset``), it
-    # steps like ``step`` and reports the end exactly: ``terminated`` a true terminal state,
+    # checked (one per agent, each available, the episode running; no ``auto_reset`` and no
+    # ``step_flags`` declared, since no info is handed over), it steps like ``step`` and
+    # reports the end exactly: ``terminated`` a true terminal state,
     # ``truncated`` its time limit (never both; one of them by ``episode_limit`` steps), and
     # that its getters return arrays of exactly the declared shapes and dtypes (float32
     # observations and state, bool availability and alive rows). ``VectorisedEnvs`` then skips

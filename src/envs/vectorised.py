@@ -221,9 +221,11 @@ class VectorisedEnvs(BatchedMultiAgentEnv):
                 )
         self._envs = envs
         self._env_info = dict(infos[0])
-        # The fast path (MultiAgentEnv.step_checked): every env has it and none resets itself.
+        # The fast path (MultiAgentEnv.step_checked): every env has it, none resets itself and
+        # none declares step flags (step_checked hands over no info to read them from).
         checked = [getattr(env, "step_checked", None) for env in envs]
-        self._checked_steps = checked if all(map(callable, checked)) and not base.auto_reset else None
+        fast = all(map(callable, checked)) and not base.auto_reset and not base.step_flags
+        self._checked_steps = checked if fast else None
         # flag name -> info keys it is read from
         self._flag_sources: Dict[str, List[str]] = {flag: [flag] for flag in base.step_flags}
         for info_key, flag in dict(info_flags).items():
