@@ -241,11 +241,16 @@ def test_ctrl_c_without_saving_says_so(tmp_path):
             [sys.executable, "-m", "qmixlab", "-u", "with", *TINY, "t_max=100000000", "save_model=False",
              f"local_results_path={tmp_path}"], cwd=tmp_path, env=env, text=True,
             stdout=subprocess.DEVNULL, stderr=stderr)
-        # Past start-up, into training (a fixed sleep is not enough on a loaded machine).
-        assert wait_for(lambda: "t_env:" in log.read_text()), log.read_text()[-3000:]
-        assert process.poll() is None, log.read_text()[-3000:]
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=120)
+        try:
+            # Past start-up, into training (a fixed sleep is not enough on a loaded machine).
+            assert wait_for(lambda: "t_env:" in log.read_text()), log.read_text()[-3000:]
+            assert process.poll() is None, log.read_text()[-3000:]
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:  # a failed check must not leave a training process behind
+                process.kill()
+                process.wait()
     err = log.read_text()
     assert process.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "saving a checkpoint" not in err
