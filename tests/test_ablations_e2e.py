@@ -21,6 +21,18 @@ def _cli_works() -> bool:
     return probe.returncode == 0
 
 
+def ablate_until_finished(sweep_file, out, workers, timeout):
+    """``qmixlab ablate`` through the real command line; every run must finish. Returns each
+    run's ``status.json`` by run id, and what the command printed."""
+    ablate = subprocess.run(
+        [sys.executable, "-m", "qmixlab", "ablate", str(sweep_file), "--out", str(out), "--workers", str(workers),
+         "--no-progress"], capture_output=True, text=True, timeout=timeout, cwd=Path(sweep_file).parent)
+    statuses = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out).glob("runs/*/status.json"))}
+    errors = {rid: s.get("error") for rid, s in statuses.items() if s["state"] != "finished"}
+    assert ablate.returncode == 0 and not errors, f"{ablate.stdout}\n{ablate.stderr}\nrun errors: {errors}"
+    return statuses, ablate.stdout
+
+
 @pytest.mark.slow
 def test_tiny_sweep_through_the_real_cli_then_report(tmp_path):
     if not _cli_works():
@@ -34,12 +46,7 @@ def test_tiny_sweep_through_the_real_cli_then_report(tmp_path):
         "seeds_per_process": 1,  # one process per run: the single-run command line (groups: the test below)
     }))
     out = tmp_path / "sweep"
-    ablate = subprocess.run(
-        [sys.executable, "-m", "qmixlab", "ablate", str(sweep_file), "--out", str(out), "--workers", "2", "--no-progress"],
-        capture_output=True, text=True, timeout=1500, cwd=tmp_path)
-    statuses = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("runs/*/status.json"))}
-    errors = {rid: s.get("error") for rid, s in statuses.items() if s["state"] != "finished"}
-    assert ablate.returncode == 0 and not errors, f"{ablate.stdout}\n{ablate.stderr}\nrun errors: {errors}"
+    statuses, printed = ablate_until_finished(sweep_file, out, workers=2, timeout=1500)
     assert len(statuses) == 4
     for run_id, status in statuses.items():
         assert status["command"][1:4] == ["-m", "qmixlab", "-F"] and "progress_bar=False" in status["command"]
@@ -72,13 +79,8 @@ def test_the_seeds_of_a_variant_train_in_one_real_process_each_recorded_as_its_o
         "variants": ["standard"], "maps": ["3m"], "seeds": [0, 1, 2],  # seeds_per_process: the default, 5
     }))
     out = tmp_path / "sweep"
-    ablate = subprocess.run(
-        [sys.executable, "-m", "qmixlab", "ablate", str(sweep_file), "--out", str(out), "--workers", "1", "--no-progress"],
-        capture_output=True, text=True, timeout=1500, cwd=tmp_path)
-    statuses = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("runs/*/status.json"))}
-    errors = {rid: s.get("error") for rid, s in statuses.items() if s["state"] != "finished"}
-    assert ablate.returncode == 0 and not errors, f"{ablate.stdout}\n{ablate.stderr}\nrun errors: {errors}"
-    assert "3 to run in 1 process" in ablate.stdout
+    statuses, printed = ablate_until_finished(sweep_file, out, workers=1, timeout=1500)
+    assert "3 to run in 1 process" in printed
     members = [f"standard__3m__seed{seed}" for seed in (0, 1, 2)]
     assert sorted(statuses) == members
     logs = set()
@@ -113,12 +115,7 @@ def test_a_sweep_on_another_family_sets_its_task_and_reports_the_return(tmp_path
         "variants": ["standard", "timeout_as_terminal"], "maps": ["simple_spread_v3"], "seeds": [0, 1],
     }))
     out = tmp_path / "sweep"
-    ablate = subprocess.run(
-        [sys.executable, "-m", "qmixlab", "ablate", str(sweep_file), "--out", str(out), "--workers", "1", "--no-progress"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    statuses = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("runs/*/status.json"))}
-    errors = {rid: s.get("error") for rid, s in statuses.items() if s["state"] != "finished"}
-    assert ablate.returncode == 0 and not errors, f"{ablate.stdout}\n{ablate.stderr}\nrun errors: {errors}"
+    statuses, printed = ablate_until_finished(sweep_file, out, workers=1, timeout=900)
     assert len(statuses) == 4 and all(len(s["group"]) == 2 for s in statuses.values())
     for run_id in statuses:
         config = json.loads(next((out / "runs" / run_id / "sacred").glob("*/config.json")).read_text())
