@@ -401,3 +401,17 @@ def test_report_on_a_folder_of_sweeps_writes_one_report_per_sweep(tmp_path, caps
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["report", str(tmp_path), "--out", str(tmp_path / "r.md")])
     assert exit_info.value.code == 2 and "holds 2 sweeps (2s3z, 3m); --out names one report file" in capsys.readouterr().err
+
+
+def test_a_sweep_without_standard_compares_its_variants_with_the_first(tmp_path):
+    """A learning sweep (variants qmix, vdn, iql): the first variant is the reference."""
+    spec = sweep.parse_sweep({"name": "algs", "variants": [{"qmix": {}}, {"vdn": {"mixer": {"name": "vdn"}}}],
+                              "maps": ["3m"], "seeds": [0, 1, 2]}, validate=False)
+    sweep.write_sweep_file(spec, tmp_path)
+    for run in sweep.expand(spec, tmp_path):
+        level = 0.9 if run.variant == "qmix" else 0.1
+        write_run(run.run_dir, [0.0, level, level, level])
+    assert report.reference_variant(list(spec.variants)) == "qmix"
+    text = report.build_report(tmp_path, reps=100, seed=0).read_text()
+    assert "`qmix` scores 0.900" in text and "**lower** than the reference: `vdn`" in text
+    assert "P(X > qmix)" in text and "`standard`" not in text.split("## Variants")[0]

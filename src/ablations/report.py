@@ -151,6 +151,7 @@ class MetricAnalysis:
     curves: Dict[str, Tuple[np.ndarray, Dict[str, tuple]]]  # map or "all maps" -> (grid, variant -> (iqm, low, high, runs))
     notes: List[str]
     reference_earlier: Dict[str, "PlateauCheck"] = field(default_factory=dict)  # map -> the reference's plateau check
+    reference: str = REFERENCE_VARIANT  # what every variant is compared with (reference_variant)
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def analyse_metric(spec: SweepSpec, records: List[RunRecord], metric: str, last_
     def scores(variant, map_name):
         return [score for _, score in finals[variant][map_name]]
 
-    reference = REFERENCE_VARIANT if REFERENCE_VARIANT in variants else None
+    reference = reference_variant(variants)
     per_map, per_map_poi = {}, {}
     for m in maps:
         per_map[m], per_map_poi[m] = {}, {}
@@ -277,11 +278,18 @@ def analyse_metric(spec: SweepSpec, records: List[RunRecord], metric: str, last_
         if block:
             curves[ALL_MAPS] = block
     return MetricAnalysis(metric, last_k, finals, per_map, per_map_poi, aggregate_maps, aggregate, aggregate_poi, curves,
-                          notes, reference_earlier)
+                          notes, reference_earlier, reference)
 
 
-def summary_sentences(analysis: MetricAnalysis, reference: str = REFERENCE_VARIANT) -> List[str]:
+def reference_variant(variants: List[str]) -> str:
+    """``standard`` where the sweep has it (a masking sweep), else its first variant (e.g. the
+    first algorithm of a learning sweep)."""
+    return REFERENCE_VARIANT if REFERENCE_VARIANT in variants or not variants else variants[0]
+
+
+def summary_sentences(analysis: MetricAnalysis, reference: Optional[str] = None) -> List[str]:
     """Which variants' CIs do not overlap the reference's, computed mechanically."""
+    reference = reference or analysis.reference
     if reference not in analysis.finals:
         return [f"No `{reference}` variant in this sweep: nothing to compare against."]
     scope, estimates = ALL_MAPS, analysis.aggregate
@@ -330,9 +338,10 @@ def summary_sentences(analysis: MetricAnalysis, reference: str = REFERENCE_VARIA
     return lines
 
 
-def plateau_sentences(analysis: MetricAnalysis, reference: str = REFERENCE_VARIANT) -> List[str]:
+def plateau_sentences(analysis: MetricAnalysis, reference: Optional[str] = None) -> List[str]:
     """Whether the reference was still improving at the end: each run's final score against its own
     score had it stopped at EARLIER_FRACTION of its steps (paired, so seed-to-seed spread cancels)."""
+    reference = reference or analysis.reference
     lines = []
     for m, check in analysis.reference_earlier.items():
         end = analysis.per_map[m].get(reference)
@@ -385,7 +394,7 @@ def plot_final_scores(analysis: MetricAnalysis, variants: List[str], path: Path)
             if e is None:
                 continue
             ax.errorbar(e.point, y, xerr=[[e.point - e.low], [e.high - e.point]], fmt="o", color=colours[variant], capsize=3)
-        ref = estimates.get(REFERENCE_VARIANT)
+        ref = estimates.get(analysis.reference)
         if ref is not None:
             ax.axvspan(ref.low, ref.high, color="grey", alpha=0.15, lw=0)
         ax.set_yticks(range(len(variants)), variants)
@@ -400,7 +409,7 @@ def plot_improvement(analysis: MetricAnalysis, variants: List[str], path: Path) 
     panels = [(m, analysis.per_map_poi[m]) for m in analysis.per_map_poi]
     if analysis.aggregate_poi and len(analysis.per_map_poi) > 1:
         panels.append((ALL_MAPS, analysis.aggregate_poi))
-    others = [v for v in variants if v != REFERENCE_VARIANT]
+    others = [v for v in variants if v != analysis.reference]
     if not others or not any(any(e is not None for e in p.values()) for _, p in panels):
         return False
     figure, axes = _figure(len(panels), height=0.35 * len(others) + 1.5)
@@ -415,7 +424,7 @@ def plot_improvement(analysis: MetricAnalysis, variants: List[str], path: Path) 
         ax.set_yticks(range(len(others)), others)
         ax.invert_yaxis()
         ax.set_title(title)
-        ax.set_xlabel(f"P(variant > {REFERENCE_VARIANT}) (95% CI)")
+        ax.set_xlabel(f"P(variant > {analysis.reference}) (95% CI)")
     figure.suptitle(f"probability of improvement on final {analysis.metric}")
     figure.savefig(path, dpi=110)
     return True
@@ -517,6 +526,7 @@ def build_report(sweep_dir, metric: Optional[str] = None, out=None, last_k: int 
     counts = {s: sum(1 for r in expected if r.state == s) for s in (FINISHED, FAILED, RUNNING, INTERRUPTED, MISSING, CONFLICT)}
     analyses = {m: analyse_metric(spec, records, m, last_k, reps, seed) for m in metrics}
     variants = list(spec.variants)
+    reference = reference_variant(variants)
 
     md = [f"# Ablation report: {spec.name}", ""]
     md.append(f"Sweep folder `{sweep_dir}`; algorithm `{spec.alg}`, environment `{spec.env}`, maps {spec.maps}, "
@@ -539,14 +549,14 @@ def build_report(sweep_dir, metric: Optional[str] = None, out=None, last_k: int 
         f"- Final score of a run: mean of its last {last_k} test evaluations (x axis: environment steps).\n"
         "- IQM: mean of the middle 50% of the final scores pooled over runs (and maps), i.e. a 25% trimmed mean.\n"
         f"- 95% CIs: percentile stratified bootstrap ({reps} resamples, seed {seed}): runs are resampled within each map.\n"
-        f"- Probability of improvement P(X > {REFERENCE_VARIANT}): over all pairs of runs of a map, ties counted half; "
+        f"- Probability of improvement P(X > {reference}): over all pairs of runs of a map, ties counted half; "
         "averaged over maps; runs of X and of the reference resampled independently within each map for the CI.\n"
         "- Sample-efficiency curves: each run linearly interpolated onto a common grid of environment steps (the range every run "
         "covers); IQM and 95% CI at each grid point.\n"
         f"- Implementation: rliable {_rliable_version()}'s stratified bootstrap (`get_interval_estimates`); IQM and "
         "probability of improvement as defined by rliable, computed with numpy (checked against `rliable.metrics` in the "
         "tests). Scores are not normalised.\n"
-        f"- Plateau check: each `{REFERENCE_VARIANT}` run is scored as if it had stopped at {EARLIER_FRACTION:.0%} of its "
+        f"- Plateau check: each `{reference}` run is scored as if it had stopped at {EARLIER_FRACTION:.0%} of its "
         f"last evaluation's step (mean of its last {last_k} evaluations up to there); the IQM [CI] of each run's "
         "final score minus that earlier score (paired by run) tells whether it was still improving.\n"
         "- Non-overlapping 95% CIs are a conservative sign of a difference; overlapping CIs do not show equality.")
@@ -563,14 +573,14 @@ def build_report(sweep_dir, metric: Optional[str] = None, out=None, last_k: int 
         if analysis.aggregate:
             md.append(f"### All maps ({', '.join(analysis.aggregate_maps)})")
             md.append("")
-            md.append(_table(["variant", "IQM of final score [95% CI]", "runs used", f"P(> {REFERENCE_VARIANT}) [95% CI]"],
+            md.append(_table(["variant", "IQM of final score [95% CI]", "runs used", f"P(> {reference}) [95% CI]"],
                              [[f"`{v}`", _fmt(e), e.runs, _fmt(analysis.aggregate_poi.get(v))]
                               for v, e in analysis.aggregate.items()]))
             md.append("")
         for map_name, estimates in analysis.per_map.items():
             md.append(f"### {map_name}")
             md.append("")
-            md.append(_table(["variant", "IQM of final score [95% CI]", "runs used", f"P(> {REFERENCE_VARIANT}) [95% CI]"],
+            md.append(_table(["variant", "IQM of final score [95% CI]", "runs used", f"P(> {reference}) [95% CI]"],
                              [[f"`{v}`", _fmt(e), e.runs if e else 0, _fmt(analysis.per_map_poi[map_name].get(v))]
                               for v, e in estimates.items()]))
             md.append("")
@@ -580,7 +590,7 @@ def build_report(sweep_dir, metric: Optional[str] = None, out=None, last_k: int 
         figures.append(("Final scores (IQM, 95% CI; grey band: the reference's CI)", path))
         path = figures_dir / f"improvement_{m}.png"
         if plot_improvement(analysis, variants, path):
-            figures.append((f"Probability of improvement over `{REFERENCE_VARIANT}`", path))
+            figures.append((f"Probability of improvement over `{reference}`", path))
         path = figures_dir / f"curves_{m}.png"
         if plot_curves(analysis, variants, path):
             figures.append(("Sample-efficiency curves (IQM, 95% CI bands)", path))
