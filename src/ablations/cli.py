@@ -110,19 +110,24 @@ def _print_dry_run(runs, sweep_dir, seeds_per_process: int, retry_failed: bool) 
     def command(tokens) -> str:
         return "    " + " ".join(_shell_word(token) for token in tokens)
 
+    def continued(run) -> str:
+        return f"  (continues {run.resume_from})" if run.resume_from else ""
+
     if seeds_per_process == 1:
         for run in runs:
-            print(line(run))
+            run = execution.continued_and_fresh([run], planned)[0][0]
+            print(line(run) + continued(run))
             print(command(sweep.build_command(run)))
         print(f"{len(runs)} runs in {sweep_dir}, every configuration valid (dry run: nothing started)")
         return
     todo = execution.runs_to_execute(runs, planned, retry_failed)
-    groups = execution.execution_units(todo, seeds_per_process)
+    groups = [part for group in execution.execution_units(todo, seeds_per_process)
+              for part in execution.continued_and_fresh(group, planned)]
     for number, group in enumerate(groups, 1):
         print(f"process {number}/{len(groups)}: {group[0].variant} on {group[0].map_name}, "
               f"seeds {[run.seed for run in group]}")
         for run in group:
-            print("  " + line(run))
+            print("  " + line(run) + continued(run))
         print(command(sweep.build_group_command(group)))
     chosen = {run.run_id for run in todo}
     rest = [run for run in runs if run.run_id not in chosen]

@@ -20,7 +20,11 @@ outcome is its own sacred run's status, so one member's failure fails only that 
 
 A run is finished when its status says so and sacred's ``run.json`` says COMPLETED. Re-running a
 sweep skips finished runs, skips (and reports) failed ones unless asked to retry them, and reruns
-runs that were interrupted (status ``interrupted``, or ``running`` with no live claim).
+runs that were interrupted (status ``interrupted``, or ``running`` with no live claim). An
+interrupted run whose folder holds a checkpoint of the same run spec continues from its latest
+readable checkpoint (``checkpoint_path=<its models folder>``; sacred records the continuation as
+the folder's next run id, holding every point logged before the checkpoint); any other attempt,
+and every retry of a failed run, starts from an emptied folder.
 
 Ctrl-C (SIGINT) or SIGTERM stops a sweep: no further run is launched, the running ones are stopped
 and marked ``interrupted`` (their training processes get SIGTERM, then SIGKILL after
@@ -48,7 +52,7 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -325,6 +329,50 @@ def first_line(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- one run
+def resume_point(run: RunSpec, previous: RunState) -> Optional[str]:
+    """The models folder a new attempt at ``run`` continues, or None when it starts afresh.
+
+    Only an interrupted attempt is continued (a failed one would fail again the same way), and only
+    when its folder's ``run_spec.json`` is this run's spec and one of its models folders holds a
+    complete checkpoint recording this run's seed; of several such folders, the one with the latest
+    step. Which checkpoint in the folder is readable is the training process's to find (it falls
+    back to the latest readable one, with a warning)."""
+    if previous.state != INTERRUPTED:
+        return None
+    run_dir = Path(run.run_dir)
+    if read_json(run_dir / SPEC_FILE) != run.to_dict():
+        return None
+    models = run_dir / "models"
+    if not models.is_dir():
+        return None
+    from qmixlab.checkpoints import list_checkpoints, read_checkpoint_config
+    from qmixlab.errors import CheckpointError
+
+    latest = None
+    for folder in sorted(path for path in models.iterdir() if path.is_dir()):
+        steps = list_checkpoints(folder)
+        if not steps:
+            continue
+        try:
+            recorded = read_checkpoint_config(folder) or {}
+        except CheckpointError:
+            continue  # nothing readable in it
+        if recorded.get("seed") != run.seed:
+            continue
+        if latest is None or max(steps) > latest[0]:
+            latest = (max(steps), folder)
+    return str(latest[1]) if latest else None
+
+
+def continued_and_fresh(runs: List[RunSpec], states: Dict[str, RunState]) -> List[List[RunSpec]]:
+    """``runs`` with their resume points set, split into the ones that continue a checkpoint and
+    the ones that start afresh (empty parts left out): one process continues all its members or
+    none."""
+    runs = [replace(run, resume_from=resume_point(run, states[run.run_id])) for run in runs]
+    parts = [[run for run in runs if run.resume_from], [run for run in runs if not run.resume_from]]
+    return [part for part in parts if part]
+
+
 def _clear_attempt(run_dir: Path) -> None:
     for name in ATTEMPT_OUTPUTS:
         path = run_dir / name
@@ -355,18 +403,20 @@ def _skip_on_recheck(run: RunSpec, retry_failed: bool):
 
 
 class _Attempt:
-    """One attempt at a run: its folder cleared of the last attempt, its ``run_spec.json``, and its
-    ``status.json`` written now (state running) and again by ``record``."""
+    """One attempt at a run: its folder cleared of the last attempt unless the run continues it
+    (``run.resume_from``), its ``run_spec.json``, and its ``status.json`` written now (state
+    running) and again by ``record``."""
 
     def __init__(self, run: RunSpec, previous: RunState, command: List[str], **fields):
         self.run, self.run_dir = run, Path(run.run_dir)
         attempt = int((previous.status or {}).get("attempt", 0)) + 1
-        _clear_attempt(self.run_dir)
+        if not run.resume_from:
+            _clear_attempt(self.run_dir)
         write_json(self.run_dir / SPEC_FILE, run.to_dict())
         self.started = time.time()
         self.status = {"run_id": run.run_id, "state": RUNNING, "error": None, "command": command, **fields,
                        "host": host_name(), "pid": os.getpid(), "started": now_iso(self.started), "ended": None,
-                       "duration_s": None, "attempt": attempt}
+                       "duration_s": None, "attempt": attempt, "resumed_from": run.resume_from}
         write_json(self.run_dir / STATUS_FILE, self.status)
 
     def record(self, state: str, **fields) -> dict:
@@ -396,6 +446,7 @@ def run_one(run: RunSpec, executor: Executor, retry_failed: bool, lock_path: str
         skipped, state = _skip_on_recheck(run, retry_failed)
         if skipped:
             return skipped
+        run = replace(run, resume_from=resume_point(run, state))
         attempt = _Attempt(run, state, build_command(run))
         try:
             with _STOP.interruptible_section():
@@ -453,8 +504,8 @@ def run_group(runs: List[RunSpec], group_executor: GroupExecutor, retry_failed: 
                 outcomes[run.run_id] = skipped
             else:
                 members.append(run)
-        if members:
-            outcomes.update(_execute_group(members, states, group_executor))
+        for part in continued_and_fresh(members, states):
+            outcomes.update(_execute_group(part, states, group_executor))
     finally:
         for run in runs:
             if run.run_id in claims:
@@ -509,7 +560,8 @@ def _run_process(command: List[str], log_dir: Path) -> None:
     env = {**os.environ, **THREAD_ENV}
     # Binding the child to this process's life needs preexec_fn, unsafe when threads exist.
     preexec = _bind_to_parent if threading.active_count() == 1 else None
-    with open(log_dir / "stdout.log", "w") as out, open(log_dir / "stderr.log", "w") as err:
+    # Appended to: a continued attempt keeps its predecessors' output (a fresh one starts without).
+    with open(log_dir / "stdout.log", "a") as out, open(log_dir / "stderr.log", "a") as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=log_dir, preexec_fn=preexec)
         try:
             process.wait()

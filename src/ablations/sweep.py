@@ -92,9 +92,15 @@ class RunSpec:
     env: str
     overrides: Dict[str, Any]  # base <- per_map[map] <- variant, nested
     run_dir: str
+    # How this attempt runs, not what the run is: the models folder (``<run_dir>/models/<name>``)
+    # of an interrupted attempt that this one continues, None for a fresh start.
+    resume_from: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """What the run is (written as ``run_spec.json``): everything but ``resume_from``."""
+        spec = dataclasses.asdict(self)
+        del spec["resume_from"]
+        return spec
 
 
 def run_id(variant: str, map_name: str, seed: int) -> str:
@@ -493,8 +499,12 @@ def command_overrides(run: RunSpec) -> Dict[str, Any]:
 
 
 def build_command(run: RunSpec, python: Optional[str] = None) -> List[str]:
-    """The training command of one run (the plain CLI, in a fresh interpreter)."""
-    tokens = [f"{key}={format_value(value, key)}" for key, value in command_overrides(run).items()]
+    """The training command of one run (the plain CLI, in a fresh interpreter); with
+    ``run.resume_from``, the same command continuing that checkpoint folder."""
+    overrides = command_overrides(run)
+    if run.resume_from:
+        overrides["checkpoint_path"] = run.resume_from
+    tokens = [f"{key}={format_value(value, key)}" for key, value in overrides.items()]
     return [python or sys.executable, "-m", "qmixlab", "-F", os.path.join(str(run.run_dir), "sacred"), "with", *tokens]
 
 
@@ -541,13 +551,20 @@ def group_command_overrides(runs: List[RunSpec]) -> Dict[str, Any]:
     seeds = [run.seed for run in runs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a group's seeds must differ, got {seeds} for {[run.run_id for run in runs]}")
+    resumed = [bool(run.resume_from) for run in runs]
+    if any(resumed) and not all(resumed):
+        raise ValueError(f"runs {[run.run_id for run in runs]} mix continued and fresh attempts "
+                         f"(resume_from {[run.resume_from for run in runs]}): a group resumes all its members or none")
+    if all(resumed):  # each member's seed and results folder come from its checkpoint
+        return {**shared, "checkpoint_path": [str(run.resume_from) for run in runs]}
     return {"seeds": seeds, "member_results_paths": [str(run.run_dir) for run in runs], **shared}
 
 
 def build_group_command(runs: List[RunSpec], python: Optional[str] = None) -> List[str]:
     """The training command of a group of runs sharing a code path: one process in which member k
     writes exactly what ``build_command(runs[k])`` would (its sacred run under
-    ``<run_dir>/sacred/``, its models under ``<run_dir>/models/``)."""
+    ``<run_dir>/sacred/``, its models under ``<run_dir>/models/``). Members with ``resume_from``
+    continue together (``checkpoint_path=[...]``, one folder per member, in member order)."""
     tokens = [f"{key}={format_value(value, key)}" for key, value in group_command_overrides(runs).items()]
     return [python or sys.executable, "-m", "qmixlab", "with", *tokens]
 
