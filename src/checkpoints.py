@@ -30,9 +30,14 @@ from qmixlab.errors import CheckpointError  # noqa: F401  (imported from here to
 from qmixlab.processes import pid_alive, process_started_at
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# The replay buffer, beside CHECKPOINT_FILE in the step folder, so that it can be pruned from older
+# checkpoints (``prune_buffers``) while their networks, optimiser and counters stay.
+BUFFER_FILE = "replay_buffer.pt"
 # 2: the replay buffer stores per-agent ``alive`` and every declared step flag, and the payload
 # records the run's settings; a format-1 checkpoint cannot fill those.
-FORMAT_VERSION = 2
+# 3: the replay buffer is in BUFFER_FILE (the payload says so in ``buffer_file``), not inline.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
 SETTINGS_KEY = "settings"  # the run's validated settings, as a plain dict
 _TEMPORARY = re.compile(r"^\.(\d+)\.(tmp|stale)-(\d+)$")
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -99,23 +104,31 @@ def _save_failure(error: BaseException, target: Path, run_dir: Path) -> Checkpoi
     return CheckpointError(f"cannot save checkpoint {str(target)!r}: {reason}; the partial save was removed{kept}")
 
 
-def save_checkpoint(run_dir, t_env: int, payload: dict) -> Path:
-    """Write ``payload`` as the checkpoint of step ``t_env``; returns its folder.
+def _write(obj, path: Path) -> None:
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(run_dir, t_env: int, payload: dict, buffer: Optional[dict] = None) -> Path:
+    """Write ``payload`` as the checkpoint of step ``t_env``, and ``buffer`` (a replay buffer's
+    state) beside it in BUFFER_FILE; returns its folder. Both appear together or not at all.
 
     A failed write (full disk, read-only file system) raises CheckpointError saying so, after
     removing the partial temporary folder."""
     run_dir = Path(run_dir)
     final = run_dir / str(int(t_env))
     tmp = run_dir / f".{int(t_env)}.tmp-{os.getpid()}"
-    payload = dict(payload, format_version=FORMAT_VERSION, t_env=int(t_env))
+    payload = dict(payload, format_version=FORMAT_VERSION, t_env=int(t_env),
+                   buffer_file=BUFFER_FILE if buffer is not None else None)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        with open(tmp / CHECKPOINT_FILE, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write(payload, tmp / CHECKPOINT_FILE)
+        if buffer is not None:
+            _write(buffer, tmp / BUFFER_FILE)
         _fsync_dir(tmp)
     except BaseException as error:  # also Ctrl-C: never leave the half-written folder behind
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,6 +148,21 @@ def save_checkpoint(run_dir, t_env: int, payload: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _save_failure(error, final / CHECKPOINT_FILE, run_dir) from None
     return final
+
+
+def prune_buffers(run_dir, keep: int) -> List[Path]:
+    """Remove the replay buffer file of every checkpoint in ``run_dir`` but the latest ``keep``
+    (0: keep all); returns the files removed. The checkpoints themselves stay."""
+    if keep <= 0:
+        return []
+    found = list_checkpoints(run_dir)
+    removed = []
+    for step in sorted(found)[:-keep]:
+        path = found[step].parent / BUFFER_FILE
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 # --------------------------------------------------------------------------- leftovers of killed saves
@@ -241,14 +269,33 @@ def _torch_load(path: Path, mmap: bool = False):
 
 
 def _checked_format(path: Path, payload) -> dict:
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or payload.get("format_version") not in READABLE_FORMATS:
         version = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
+        expected = " or ".join(map(str, READABLE_FORMATS))
         raise UnreadableCheckpointError(
-            f"checkpoint {str(path)!r} has format {version!r}, expected {FORMAT_VERSION}"
+            f"checkpoint {str(path)!r} has format {version!r}, expected {expected}"
             + (" (it was written by an older qmixlab; start a new run)" if isinstance(version, int)
-               and version < FORMAT_VERSION else "")
+               and version < min(READABLE_FORMATS) else "")
+            + (" (it was written by a newer qmixlab; upgrade qmixlab to read it)" if isinstance(version, int)
+               and version > FORMAT_VERSION else "")
         )
     return payload
+
+
+def _with_buffer(path: Path, payload: dict) -> dict:
+    """``payload`` with its replay buffer read from BUFFER_FILE (format 3). A buffer pruned from an
+    older checkpoint leaves ``buffer`` None and ``buffer_pruned`` True; an unreadable one makes the
+    checkpoint unreadable."""
+    name = payload.get("buffer_file")
+    if not name:
+        return payload
+    file = path.parent / name
+    if not file.is_file():
+        return dict(payload, buffer=None, buffer_pruned=True)
+    buffer = _torch_load(file)
+    if not isinstance(buffer, dict):
+        raise UnreadableCheckpointError(f"replay buffer {str(file)!r} holds {type(buffer).__name__}, expected a mapping")
+    return dict(payload, buffer=buffer)
 
 
 def _checkpoint_file(path) -> Path:
@@ -280,7 +327,7 @@ def load_checkpoint(path, expected: Optional[dict] = None) -> dict:
     path = _checkpoint_file(path)
     payload = _checked_format(path, _torch_load(path))
     check_compatibility(path, payload.get("compatibility", {}), expected)
-    return payload
+    return _with_buffer(path, payload)
 
 
 def _looks_complete(path: Path) -> bool:

@@ -38,6 +38,7 @@ from qmixlab.checkpoints import (
     find_checkpoint,
     load_checkpoint,
     load_latest_readable,
+    prune_buffers,
     save_checkpoint,
 )
 from qmixlab.components.action_selectors import EpsilonGreedyActionSelector
@@ -326,13 +327,14 @@ def _set_rng_state(parts: Components, member: Member, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_payload(parts: Components, member: Member, include_buffer: bool) -> dict:
-    """Member's checkpoint, laid out exactly as its separate run's."""
+def checkpoint_payload(parts: Components, member: Member) -> dict:
+    """Member's checkpoint, laid out exactly as its separate run's (its replay buffer is saved
+    beside it: ``save_checkpoint(..., buffer=member.buffer.state_dict())``)."""
     return {
         "compatibility": compatibility(member.settings, parts.env_info, parts.runner.spec),
         "settings": asdict(member.settings),
         "learner": parts.learner.member_state_dict(member.index),
-        "buffer": member.buffer.state_dict() if include_buffer else None,
+        "buffer": None,
         "counters": asdict(member.counters),
         "logger": member.logger.state_dict(),
         "rng": _rng_state(parts, member),
@@ -365,6 +367,10 @@ def restore(parts: Components, member: Member, weights_only_for_eval=False) -> P
         parts.learner.load_member_state_dict(member.index, payload["learner"])
         if payload["buffer"] is not None:
             member.buffer.load_state_dict(payload["buffer"])
+        elif payload.get("buffer_pruned"):
+            log.warning("checkpoint %s no longer holds its replay buffer (buffer.checkpoints_with_buffer=%d keeps it "
+                        "in the latest checkpoints only): the run continues with an empty buffer, so it will not "
+                        "repeat the uninterrupted run", path, settings.buffer.checkpoints_with_buffer)
         for key, value in payload["counters"].items():
             setattr(member.counters, key, value)
         member.logger.load_state_dict(payload["logger"], replay_history=True)
@@ -516,8 +522,9 @@ def train_members(settings: RunSettings, loggers: Sequence[RunLogger],
         if reason == "periodic":
             counters.last_save_t = counters.t_env
         counters.saved_once = True
-        payload = checkpoint_payload(parts, member, settings.buffer.save_in_checkpoint)
-        folder = save_checkpoint(member.models_dir, counters.t_env, payload)
+        buffer = member.buffer.state_dict() if settings.buffer.save_in_checkpoint else None
+        folder = save_checkpoint(member.models_dir, counters.t_env, checkpoint_payload(parts, member), buffer=buffer)
+        prune_buffers(member.models_dir, settings.buffer.checkpoints_with_buffer)
         log.info("%ssaved checkpoint %s (%s)", _who(member, K), folder, reason)
         return folder
 

@@ -96,6 +96,15 @@ class BufferSettings:
     # one (state_last_action) and rebuild it from the stored actions when sampling.
     derive_state_last_action: Union[Literal["auto"], bool] = "auto"
     save_in_checkpoint: bool = True
+    # The replay buffer is the bulk of a checkpoint (its own file, replay_buffer.pt): only the
+    # latest this many checkpoints keep it (0: every checkpoint). Older ones keep everything else,
+    # so they can still be evaluated, or resumed with an empty buffer.
+    checkpoints_with_buffer: int = 2
+
+    def __post_init__(self):
+        if isinstance(self.checkpoints_with_buffer, bool) or self.checkpoints_with_buffer < 0:
+            raise ConfigError(f"buffer.checkpoints_with_buffer={self.checkpoints_with_buffer!r} must be an integer >= 0 "
+                              "(0: every checkpoint keeps its replay buffer)")
 
 
 @dataclass(frozen=True)

@@ -402,3 +402,88 @@ def test_find_readable_checkpoint_reads_the_file_cheaply_and_falls_back(tmp_path
     assert checkpoints.find_readable_checkpoint(tmp_path, load_step=110).parent.name == "100"
     with pytest.raises(checkpoints.UnreadableCheckpointError, match=r"load_step=290 .* \[100, 200\]"):
         checkpoints.find_readable_checkpoint(tmp_path, load_step=290)
+
+
+# --------------------------------------------------------------------------- the replay buffer's own file
+def buffer_state(value):
+    return {"storage": {"obs": torch.full((4, 3), float(value))}, "index": int(value)}
+
+
+def test_the_buffer_is_saved_beside_the_checkpoint_and_read_back_with_it(tmp_path):
+    folder = save_checkpoint(tmp_path, 100, payload(1.0), buffer=buffer_state(7))
+    assert sorted(p.name for p in folder.iterdir()) == [checkpoints.CHECKPOINT_FILE, checkpoints.BUFFER_FILE]
+    loaded = load_checkpoint(folder)
+    assert loaded["buffer_file"] == checkpoints.BUFFER_FILE and loaded["buffer"]["index"] == 7
+    assert torch.equal(loaded["buffer"]["storage"]["obs"], torch.full((4, 3), 7.0))
+    without = load_checkpoint(save_checkpoint(tmp_path, 200, payload(2.0)))  # buffer.save_in_checkpoint=false
+    assert without["buffer_file"] is None and "buffer" not in without
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2, 5])
+def test_pruning_keeps_the_buffer_of_the_latest_checkpoints_only_and_every_checkpoint(tmp_path, keep):
+    steps = [100, 200, 300, 400]
+    for step in steps:
+        save_checkpoint(tmp_path, step, payload(step), buffer=buffer_state(step))
+    removed = checkpoints.prune_buffers(tmp_path, keep)
+    with_buffer = [s for s in steps if (tmp_path / str(s) / checkpoints.BUFFER_FILE).is_file()]
+    assert with_buffer == (steps if keep == 0 else steps[-keep:])
+    assert sorted(removed) == sorted(tmp_path / str(s) / checkpoints.BUFFER_FILE for s in steps if s not in with_buffer)
+    assert sorted(checkpoints.list_checkpoints(tmp_path)) == steps  # the checkpoints themselves stay
+    for step in steps:
+        loaded = load_checkpoint(tmp_path / str(step))
+        assert loaded["weights"][0].item() == step
+        if step in with_buffer:
+            assert loaded["buffer"]["index"] == step and not loaded.get("buffer_pruned")
+        else:
+            assert loaded["buffer"] is None and loaded["buffer_pruned"] is True
+
+
+def test_an_unreadable_buffer_makes_its_checkpoint_unreadable_and_the_previous_one_is_used(tmp_path, caplog):
+    for step in (100, 200):
+        save_checkpoint(tmp_path, step, payload(step), buffer=buffer_state(step))
+    corrupt(tmp_path / "200" / checkpoints.BUFFER_FILE, "truncated")
+    with caplog.at_level(logging.WARNING, logger="qmixlab"):
+        path, loaded = checkpoints.load_latest_readable(tmp_path, expected={"n_agents": 3})
+    assert path == tmp_path / "100" / checkpoints.CHECKPOINT_FILE and loaded["buffer"]["index"] == 100
+    assert str(tmp_path / "200" / checkpoints.BUFFER_FILE) in caplog.text
+
+
+def test_a_format_2_checkpoint_with_its_buffer_inline_still_loads(tmp_path):
+    folder = tmp_path / "100"
+    folder.mkdir()
+    torch.save({**payload(1.0), "format_version": 2, "t_env": 100, "buffer": buffer_state(3)},
+               folder / checkpoints.CHECKPOINT_FILE)
+    loaded = load_checkpoint(folder)
+    assert loaded["buffer"]["index"] == 3 and "buffer_pruned" not in loaded
+
+
+def test_a_checkpoint_of_a_newer_format_says_to_upgrade(tmp_path):
+    folder = tmp_path / "100"
+    folder.mkdir()
+    torch.save({**payload(1.0), "format_version": checkpoints.FORMAT_VERSION + 1}, folder / checkpoints.CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError, match="newer qmixlab"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize("value", [-1, True, 1.5])
+def test_a_bad_checkpoints_with_buffer_names_the_value(value):
+    from qmixlab.settings import ConfigError, compose_config, deep_merge, validate_config
+
+    with pytest.raises(ConfigError, match="checkpoints_with_buffer"):
+        validate_config(deep_merge(compose_config("qmix", "smacsim"), {"buffer": {"checkpoints_with_buffer": value}}))
+
+
+def test_cli_a_run_keeps_its_buffer_in_its_latest_checkpoints_and_resumes_an_older_one_without(tmp_path, capsys, caplog):
+    code, output = qmixlab(capsys, "with", *TINY_RUN, "buffer.checkpoints_with_buffer=1",
+                           f"local_results_path={tmp_path / 'first'}")
+    assert code in (0, None), output
+    (models,) = run_folders(tmp_path / "first")
+    found = checkpoints.list_checkpoints(models)
+    steps = sorted(found)
+    assert len(steps) >= 3
+    assert [s for s in steps if (found[s].parent / checkpoints.BUFFER_FILE).is_file()] == steps[-1:]
+    with caplog.at_level(logging.WARNING, logger="qmixlab"):
+        code, output = qmixlab(capsys, "with", *TINY_RUN, "t_max=900", f"checkpoint_path={models}", f"load_step={steps[0]}",
+                               f"local_results_path={tmp_path / 'second'}")
+    assert code in (0, None), output
+    assert "no longer holds its replay buffer" in output + caplog.text

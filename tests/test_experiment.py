@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qmixlab import run as run_module
-from qmixlab.checkpoints import CheckpointError, list_checkpoints
+from qmixlab.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from qmixlab.metrics import RunLogger
 from qmixlab.settings import compose_config, deep_merge, validate_config
 
@@ -109,7 +109,10 @@ def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path):
 
 def test_checkpoint_holds_everything_to_continue(tmp_path):
     train_recorded(settings_for(tmp_path, t_max=600), tmp_path / "models")
-    payload = torch.load(next(iter(list_checkpoints(tmp_path / "models").values())), weights_only=True)
+    found = list_checkpoints(tmp_path / "models")
+    raw = torch.load(found[max(found)], weights_only=True)
+    assert raw["buffer"] is None and raw["buffer_file"] == "replay_buffer.pt"  # the buffer has its own file
+    payload = load_checkpoint(found[max(found)])
     for key in ("learner", "buffer", "counters", "logger", "rng", "compatibility", "settings"):
         assert payload[key] is not None, key
     for key in ("mac", "target_mac", "mixer", "target_mixer", "optimiser"):
