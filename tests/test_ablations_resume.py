@@ -90,6 +90,16 @@ def test_an_interrupted_run_continues_its_latest_checkpoint_folder_and_keeps_its
     assert run_state(run.run_dir).state == "finished"
 
 
+def test_the_sweep_says_how_many_runs_continue(tmp_path):
+    runs = sweep.expand(spec_of(seeds=[0, 1, 2]), tmp_path)
+    for run in runs[:2]:
+        leave_interrupted(run)
+    said = []
+    run_sweep(runs, tmp_path, executor=completing_executor([]), workers=1, progress=False, log=said.append,
+              seeds_per_process=1)
+    assert said[0].startswith("3 runs: 3 to run (2 continuing from their last checkpoint), 0 already finished")
+
+
 def test_of_several_checkpoint_folders_the_one_with_the_latest_step_is_continued(tmp_path):
     (run,) = sweep.expand(spec_of(), tmp_path)
     leave_interrupted(run, steps=(0, 500))

@@ -802,6 +802,9 @@ def run_sweep(
     grouped = seeds_per_process > 1
     units = execution_units(todo, seeds_per_process)
     in_processes = f" in {len(units)} process{'es' if len(units) != 1 else ''}" if grouped else ""
+    continuing = sum(1 for run in todo if resume_point(run, result.planned[run.run_id]))
+    if continuing:
+        in_processes += f" ({continuing} continuing from {'its' if continuing == 1 else 'their'} last checkpoint)"
     log(f"{len(runs)} runs: {len(todo)} to run{in_processes}, {result.count('skipped_finished')} already finished, "
         f"{result.count('skipped_failed')} failed before (skipped{'' if retry_failed else '; --retry-failed reruns them'}), "
         f"{result.count('skipped_running')} running elsewhere")
