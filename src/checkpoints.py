@@ -318,16 +318,17 @@ def check_compatibility(path, stored: dict, expected: Optional[dict]) -> None:
         raise CheckpointError(f"checkpoint {str(path)!r} does not match this run: {'; '.join(differences)}")
 
 
-def load_checkpoint(path, expected: Optional[dict] = None) -> dict:
+def load_checkpoint(path, expected: Optional[dict] = None, with_buffer: bool = True) -> dict:
     """Load a checkpoint file (or step folder) safely and check that it belongs to a compatible run.
 
     ``expected`` maps names (``n_agents``, ``obs_shape``, ``mixer``...) to the values this run
     has; any difference raises CheckpointError naming the file, each key and both values. A file
-    that cannot be read raises UnreadableCheckpointError (a CheckpointError)."""
+    that cannot be read raises UnreadableCheckpointError (a CheckpointError). ``with_buffer=False``
+    leaves the replay buffer file unread (evaluation needs only the networks)."""
     path = _checkpoint_file(path)
     payload = _checked_format(path, _torch_load(path))
     check_compatibility(path, payload.get("compatibility", {}), expected)
-    return _with_buffer(path, payload)
+    return _with_buffer(path, payload) if with_buffer else payload
 
 
 def _looks_complete(path: Path) -> bool:

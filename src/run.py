@@ -348,7 +348,7 @@ def restore(parts: Components, member: Member, weights_only_for_eval=False) -> P
         path = find_checkpoint(settings.checkpoint_path, settings.load_step)
         expected = evaluation_compatibility(settings, parts.env_info, parts.runner.spec)
         try:
-            payload = load_checkpoint(path, expected=expected)
+            payload = load_checkpoint(path, expected=expected, with_buffer=False)
         except CheckpointError as error:
             if settings.agent.name == "entity_attention":
                 raise

@@ -438,6 +438,15 @@ def test_pruning_keeps_the_buffer_of_the_latest_checkpoints_only_and_every_check
             assert loaded["buffer"] is None and loaded["buffer_pruned"] is True
 
 
+def test_evaluation_reads_the_networks_without_the_buffer_file(tmp_path):
+    folder = save_checkpoint(tmp_path, 100, payload(1.0), buffer=buffer_state(7))
+    corrupt(folder / checkpoints.BUFFER_FILE, "garbage")  # would fail if it were read
+    loaded = load_checkpoint(folder, expected={"n_agents": 3}, with_buffer=False)
+    assert loaded["weights"][0].item() == 1.0 and loaded.get("buffer") is None
+    with pytest.raises(CheckpointError, match="replay_buffer.pt"):
+        load_checkpoint(folder)
+
+
 def test_an_unreadable_buffer_makes_its_checkpoint_unreadable_and_the_previous_one_is_used(tmp_path, caplog):
     for step in (100, 200):
         save_checkpoint(tmp_path, step, payload(step), buffer=buffer_state(step))
