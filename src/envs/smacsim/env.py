@@ -394,7 +394,8 @@ class BatchedSMACSim(BatchedMultiAgentEnv):
             rng.bit_generator.state = state
 
     def heuristic_actions(self) -> np.ndarray:
-        """SMAC's scripted "focus the nearest enemy" policy, int ``[n_envs, n_agents]``.
+        """smacsim's focus-fire script, int ``[n_envs, n_agents]`` (not SMAC's heuristic, whose
+        per-agent target choice is ``heuristics.SMACHeuristic``).
 
         All agents focus one enemy (the alive enemy nearest to the team's centre), kept until it
         dies; an agent attacks it when the attack is available, else moves toward it.
