@@ -161,14 +161,21 @@ class GroupResumePlan:
                     f"{str(self.plans[0].checkpoint)!r} (first difference: {differing[0]}="
                     f"{values.get(differing[0])!r} vs {shared[0].get(differing[0])!r}): only runs that differ "
                     "in seed can resume together")
-        updates = {k: v for k, v in config_updates.items() if k != "checkpoint_path"}
+        # Results folders given on the command line (a sweep folder moved since) replace the
+        # recorded ones, one per member in the order of the checkpoints.
+        given = list(config_updates.get("member_results_paths") or [])
+        if given and len(given) != len(self.plans):
+            raise ConfigError(f"member_results_paths lists {len(given)} folders for {len(self.plans)} checkpoints: "
+                              "give one per checkpoint, in the same order, or leave it out to use the recorded ones")
+        updates = {k: v for k, v in config_updates.items() if k not in ("checkpoint_path", "member_results_paths")}
         merged = [plan.apply(updates, log) for plan in self.plans]  # refuses fixed keys, announces overrides
         seeds = [int(plan.recorded["seed"]) for plan in self.plans]
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"the checkpoints hold runs of the same seed ({seeds}): each member needs its own")
         group = {k: v for k, v in merged[0].items() if k not in MEMBER_KEYS}
+        recorded_paths = [str(plan.recorded.get("local_results_path", "results")) for plan in self.plans]
         group.update(seeds=seeds, checkpoint_path="", load_step=0,
-                     member_results_paths=[str(plan.recorded.get("local_results_path", "results")) for plan in self.plans],
+                     member_results_paths=[str(path) for path in given] or recorded_paths,
                      member_checkpoint_paths=[str(folder) for folder in self.run_folders])
         return group
 

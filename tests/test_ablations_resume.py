@@ -159,7 +159,8 @@ def test_a_group_continues_its_interrupted_members_together_and_starts_the_other
     assert [run.run_id for run in continued] == [runs[0].run_id, runs[1].run_id]
     assert [run.resume_from for run in continued] == [str(folder) for folder in folders]
     assert f"checkpoint_path={sweep.format_value([str(folder) for folder in folders])}" in command
-    assert not any(token.startswith(("seeds=", "member_results_paths=")) for token in command)  # from the checkpoints
+    assert not any(token.startswith("seeds=") for token in command)  # from the checkpoints
+    assert f"member_results_paths={sweep.format_value([run.run_dir for run in runs[:2]])}" in command
     assert [run.run_id for run in fresh] == [runs[2].run_id] and fresh[0].resume_from is None
     assert fresh_command == sweep.build_group_command([runs[2]])
     assert [read_status(run)["resumed_from"] for run in runs] == [str(folders[0]), str(folders[1]), None]
@@ -184,6 +185,7 @@ def test_the_dry_run_says_which_runs_continue_and_shows_their_command(tmp_path, 
     printed = capsys.readouterr().out
     first, second = printed.split("process 2/2")
     assert f"(continues {folder})" in first and "checkpoint_path=" in first and "seeds=" not in first
+    assert "member_results_paths=" in first
     assert f"seeds [{other.seed}]" in second and "checkpoint_path=" not in second
 
 
@@ -236,3 +238,23 @@ def test_a_sweep_killed_mid_run_and_rerun_ends_where_an_uninterrupted_sweep_ends
         for key in ("test_return_mean", "test_battle_won_mean"):
             assert resumed[key]["steps"] == reference[key]["steps"], (seed, key)
             assert resumed[key]["values"] == pytest.approx(reference[key]["values"], abs=1e-6), (seed, key)
+
+
+def test_a_group_continues_into_the_results_folders_it_is_given_not_the_recorded_ones():
+    """A sweep folder moved (or copied to another machine) after its runs were interrupted: the
+    continued group writes its sacred runs into the run folders the command names."""
+    from qmixlab.resume import GroupResumePlan, ResumePlan
+    from qmixlab.settings import ConfigError
+
+    def recorded(seed, path):
+        return {"alg": "qmix", "env": "smacsim", "seed": seed, "local_results_path": path, "t_max": 100}
+
+    plan = GroupResumePlan((ResumePlan(Path("/old/a/models/m/50/checkpoint.pt"), recorded(1, "/old/a")),
+                            ResumePlan(Path("/old/b/models/m/50/checkpoint.pt"), recorded(2, "/old/b"))),
+                           ("/new/a/models/m", "/new/b/models/m"))
+    moved = plan.apply({"member_results_paths": ["/new/a", "/new/b"], "checkpoint_path": ["x", "y"]})
+    assert moved["member_results_paths"] == ["/new/a", "/new/b"] and moved["seeds"] == [1, 2]
+    assert moved["member_checkpoint_paths"] == ["/new/a/models/m", "/new/b/models/m"]
+    assert plan.apply({})["member_results_paths"] == ["/old/a", "/old/b"]
+    with pytest.raises(ConfigError, match="lists 1 folders for 2 checkpoints"):
+        plan.apply({"member_results_paths": ["/new/a"]})

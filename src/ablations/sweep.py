@@ -555,8 +555,9 @@ def group_command_overrides(runs: List[RunSpec]) -> Dict[str, Any]:
     if any(resumed) and not all(resumed):
         raise ValueError(f"runs {[run.run_id for run in runs]} mix continued and fresh attempts "
                          f"(resume_from {[run.resume_from for run in runs]}): a group resumes all its members or none")
-    if all(resumed):  # each member's seed and results folder come from its checkpoint
-        return {**shared, "checkpoint_path": [str(run.resume_from) for run in runs]}
+    if all(resumed):  # each member's seed comes from its checkpoint
+        return {"member_results_paths": [str(run.run_dir) for run in runs],
+                "checkpoint_path": [str(run.resume_from) for run in runs], **shared}
     return {"seeds": seeds, "member_results_paths": [str(run.run_dir) for run in runs], **shared}
 
 
