@@ -415,3 +415,60 @@ def test_a_sweep_without_standard_compares_its_variants_with_the_first(tmp_path)
     text = report.build_report(tmp_path, reps=100, seed=0).read_text()
     assert "`qmix` scores 0.900" in text and "**lower** than the reference: `vdn`" in text
     assert "P(X > qmix)" in text and "`standard`" not in text.split("## Variants")[0]
+
+
+# --------------------------------------------------------------------------- EPyMARL's maximum
+def slow_best_mean_evaluation(series):
+    """Plain loops: cut every run to the shortest, mean over runs per evaluation, first maximum."""
+    n = min(len(values) for _, values in series)
+    best_index, best_mean = None, None
+    for k in range(n):
+        mean = sum(values[k] for _, values in series) / len(series)
+        if best_mean is None or mean > best_mean:
+            best_index, best_mean = k, mean
+    return best_index, best_mean
+
+
+def test_best_mean_evaluation_matches_a_slow_reference_and_brackets_its_mean():
+    rng = np.random.default_rng(3)
+    series = []
+    for length in (9, 8, 10):  # the shortest run decides how many evaluations count
+        values = np.cumsum(rng.normal(0.1, 0.3, size=length))
+        steps = np.arange(length) * 50_000 + rng.integers(0, 500)
+        series.append((steps, values))
+    best = stats.best_mean_evaluation(series, reps=400, seed=1)
+    index, mean = slow_best_mean_evaluation(series)
+    assert best.index == index
+    assert best.estimate.point == pytest.approx(mean)
+    assert best.estimate.low <= mean <= best.estimate.high
+    assert best.estimate.runs == 3
+    assert best.step_low == min(s[index] for s, _ in series) and best.step_high == max(s[index] for s, _ in series)
+    # the choice follows the mean over runs: one run's outlier at the first evaluation moves it there
+    peaked = [(s, v.copy()) for s, v in series]
+    peaked[0][1][0] = 100.0
+    assert stats.best_mean_evaluation(peaked, reps=50).index == 0
+    with pytest.raises(ValueError, match="no runs"):
+        stats.best_mean_evaluation([])
+
+
+def test_best_mean_evaluation_ci_matches_a_slow_bootstrap_of_the_mean():
+    values = np.array([0.2, 0.5, 0.9, 0.4, 0.7])
+    series = [(np.array([0, 1]), np.array([0.0, v])) for v in values]
+    best = stats.best_mean_evaluation(series, reps=2000, seed=5)
+    rng = np.random.default_rng(0)
+    means = [values[rng.integers(0, 5, size=5)].mean() for _ in range(4000)]
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert best.index == 1
+    assert best.estimate.low == pytest.approx(low, abs=0.04)
+    assert best.estimate.high == pytest.approx(high, abs=0.04)
+
+
+def test_report_lists_the_best_mean_evaluation_per_map_and_variant(built, analysis):
+    _, text = built
+    assert "Best mean evaluation (EPyMARL's maximum" in text
+    # synthetic curves rise to their level in the last three evaluations: the best is one of them
+    best = analysis.best_evaluations["3m"]["standard"]
+    finals = [curve("standard", "3m", s) for s in SEEDS]
+    index, mean = slow_best_mean_evaluation([(None, c) for c in finals])
+    assert best.index == index and best.estimate.point == pytest.approx(mean)
+    assert f"| 3m | `standard` | {best.estimate.text()}" in text

@@ -152,6 +152,7 @@ class MetricAnalysis:
     notes: List[str]
     reference_earlier: Dict[str, "PlateauCheck"] = field(default_factory=dict)  # map -> the reference's plateau check
     reference: str = REFERENCE_VARIANT  # what every variant is compared with (reference_variant)
+    best_evaluations: Dict[str, Dict[str, stats.BestEvaluation]] = field(default_factory=dict)  # map -> variant -> EPyMARL's maximum
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,9 @@ def analyse_metric(spec: SweepSpec, records: List[RunRecord], metric: str, last_
                 stats.iqm_estimate(earlier[:, None], reps, stats.key_seed(seed, metric, "earlier", m)),
                 stats.iqm_estimate(gains[:, None], reps, stats.key_seed(seed, metric, "gain", m)))
 
+    best_evaluations = {m: {v: stats.best_mean_evaluation(series[v][m], reps, stats.key_seed(seed, metric, "best", m, v))
+                            for v in variants if series[v][m]} for m in maps}
+
     curves = {}
     for m in maps:
         block = _curve_block({v: [series[v][m]] for v in variants}, reps, seed, f"{metric}|{m}")
@@ -278,7 +282,7 @@ def analyse_metric(spec: SweepSpec, records: List[RunRecord], metric: str, last_
         if block:
             curves[ALL_MAPS] = block
     return MetricAnalysis(metric, last_k, finals, per_map, per_map_poi, aggregate_maps, aggregate, aggregate_poi, curves,
-                          notes, reference_earlier, reference)
+                          notes, reference_earlier, reference, best_evaluations)
 
 
 def reference_variant(variants: List[str]) -> str:
@@ -559,7 +563,11 @@ def build_report(sweep_dir, metric: Optional[str] = None, out=None, last_k: int 
         f"- Plateau check: each `{reference}` run is scored as if it had stopped at {EARLIER_FRACTION:.0%} of its "
         f"last evaluation's step (mean of its last {last_k} evaluations up to there); the IQM [CI] of each run's "
         "final score minus that earlier score (paired by run) tells whether it was still improving.\n"
-        "- Non-overlapping 95% CIs are a conservative sign of a difference; overlapping CIs do not show equality.")
+        "- Non-overlapping 95% CIs are a conservative sign of a difference; overlapping CIs do not show equality.\n"
+        "- Best mean evaluation (EPyMARL's \"maximum return\", Papoudakis et al. 2021, for comparison with its "
+        "published tables only): runs aligned by evaluation index, the evaluation where the mean over runs is highest, "
+        "that mean and its bootstrap CI (runs resampled). Choosing the best of many evaluations after the fact biases it "
+        "upwards; the final score above does not have that bias.")
     md += ["", "## Variants", ""]
     md.append(_table(["variant", "overrides", "description"],
                      [[f"`{v}`", f"`{json.dumps(spec.variants[v])}`" if spec.variants[v] else "(none)",
@@ -583,6 +591,16 @@ def build_report(sweep_dir, metric: Optional[str] = None, out=None, last_k: int 
             md.append(_table(["variant", "IQM of final score [95% CI]", "runs used", f"P(> {reference}) [95% CI]"],
                              [[f"`{v}`", _fmt(e), e.runs if e else 0, _fmt(analysis.per_map_poi[map_name].get(v))]
                               for v, e in estimates.items()]))
+            md.append("")
+        if any(analysis.best_evaluations.values()):
+            md.append("Best mean evaluation (EPyMARL's maximum; biased upwards, see Method):")
+            md.append("")
+            md.append(_table(["map", "variant", "mean over runs [95% CI]", "evaluation (steps)", "runs"],
+                             [[map_name, f"`{v}`", _fmt(best.estimate), f"{best.index} ({best.step_low:,.0f}"
+                               + (f"-{best.step_high:,.0f})" if best.step_high != best.step_low else ")"),
+                               best.estimate.runs]
+                              for map_name, per_variant in analysis.best_evaluations.items()
+                              for v, best in per_variant.items()]))
             md.append("")
         figures = []
         path = figures_dir / f"final_{m}.png"

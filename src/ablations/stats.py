@@ -16,6 +16,10 @@ rliable's definitions written as plain numpy (``interquartile_mean``,
 calls per CI); tests check that both give the same numbers.
 * Sample-efficiency curves: each run's evaluations are linearly interpolated onto a common grid
   of environment steps; IQM and CI at every grid point.
+* Maximum of the mean curve (``best_mean_evaluation``): EPyMARL's headline statistic (Papoudakis
+  et al., 2021, "maximum returns"): the evaluation at which the mean over runs is highest, with
+  that mean and its bootstrap CI. Reported beside ours only to compare with published EPyMARL
+  tables: picking the best of many evaluations after the fact is biased upwards.
 
 rliable wants rectangular ``runs x maps`` matrices. When a variant has different numbers of usable
 runs on different maps, the aggregate uses the first ``min`` runs (by seed order) of every map and
@@ -171,3 +175,33 @@ def common_grid(series: List[Tuple[np.ndarray, np.ndarray]], points: int = CURVE
 
 def interpolate(steps: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.interp(grid, np.asarray(steps, dtype=float), np.asarray(values, dtype=float))
+
+
+@dataclass(frozen=True)
+class BestEvaluation:
+    """``best_mean_evaluation``'s result: the mean over runs at the chosen evaluation and its CI,
+    which evaluation (0-based, in every run's own order) and the runs' steps there."""
+    estimate: Estimate
+    index: int
+    step_low: float
+    step_high: float
+
+
+def best_mean_evaluation(series: Sequence[Tuple[np.ndarray, np.ndarray]], reps: int = DEFAULT_REPS,
+                         seed: int = 0) -> BestEvaluation:
+    """The evaluation at which the mean over runs is highest (EPyMARL's "maximum return").
+
+    Runs are aligned by evaluation index (every run evaluates at the same ``test_interval``) and
+    cut to the shortest; the first highest mean wins ties. The CI is the percentile bootstrap of
+    the mean over runs at that evaluation (runs resampled), not accounting for the choice."""
+    if not series:
+        raise ValueError("no runs to take the best evaluation of")
+    n = min(len(values) for _, values in series)
+    if n == 0:
+        raise ValueError("a run with no evaluations has no best evaluation")
+    values = np.array([np.asarray(v, dtype=float)[:n] for _, v in series])
+    index = int(np.argmax(values.mean(axis=0)))
+    at_best = values[:, index]
+    point, low, high = _interval(at_best[:, None], lambda x: np.array([x.mean()]), reps, seed)
+    steps = [float(np.asarray(s)[index]) for s, _ in series]
+    return BestEvaluation(Estimate(point, low, high, len(series)), index, min(steps), max(steps))
